@@ -1,0 +1,195 @@
+"""Backend choice, input checks shared by every op, and small Triton helpers.
+
+Every public op in :mod:`seqzoo.kernels` takes ``backend="auto" | "triton" | "torch" | "reference"``:
+
+- ``"triton"``    the fused Triton kernels. Needs CUDA tensors, or CPU tensors with ``TRITON_INTERPRET=1``
+                  set before Triton is imported (that is how CI runs every Triton kernel).
+- ``"torch"``     the pure-PyTorch path (chunked for the recurrent ops): the CPU path, differentiable.
+- ``"reference"`` the step-by-step fp32 recurrence: slow, readable, the ground truth.
+- ``"auto"``      ``SEQZOO_BACKEND`` if set, else ``"triton"`` for CUDA tensors when Triton imports, else
+                  ``"torch"``.
+
+Nothing here imports Triton at module import time: ``import seqzoo`` stays cheap and works without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from typing import Iterable, Sequence
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+ENV_BACKEND = "SEQZOO_BACKEND"
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend resolution
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    """True when Triton can be imported (it is a Linux-only dependency)."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # pragma: no cover - broken installs
+        return False
+    return True
+
+
+def interpreter_active() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_backend(backend: str, device: torch.device | str, op: str) -> str:
+    """Turn ``backend`` (possibly ``"auto"``) into the backend that will run, or raise a clear error."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if backend == "auto":
+        forced = os.environ.get(ENV_BACKEND, "").strip()
+        if forced:
+            if forced not in BACKENDS or forced == "auto":
+                raise ValueError(
+                    f"{op}: environment variable {ENV_BACKEND} must be one of "
+                    f"{BACKENDS[1:]}, got {forced!r}"
+                )
+            backend = forced
+        else:
+            backend = "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError(f"{op}: backend='triton' needs the 'triton' package, which is not importable")
+        if device.type != "cuda" and not interpreter_active():
+            raise ValueError(
+                f"{op}: backend='triton' needs CUDA tensors (got tensors on {device}); set TRITON_INTERPRET=1 "
+                "before importing triton to run the kernels on CPU, or use backend='torch'"
+            )
+    return backend
+
+
+# ----------------------------------------------------------------------------------------------
+# Input checks: each raises ValueError / TypeError naming the argument, what it got and what was expected
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt_shape(shape: Sequence) -> str:
+    return "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+
+
+def check_tensor(
+    op: str,
+    name: str,
+    t,
+    *,
+    ndim: int | None = None,
+    shape: Sequence[int | None] | None = None,
+    dtypes: Iterable[torch.dtype] | None = FLOAT_DTYPES,
+    layout: str | None = None,
+) -> torch.Tensor:
+    """Check one tensor argument; ``shape`` may use ``None`` for "any size"; ``layout`` names the dims."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if dtypes is not None:
+        dtypes = tuple(dtypes)
+        if t.dtype not in dtypes:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype}, expected one of {dtypes}")
+    expected_ndim = len(shape) if shape is not None else ndim
+    if expected_ndim is not None and t.dim() != expected_ndim:
+        what = layout or (_fmt_shape(shape) if shape is not None else f"{expected_ndim} dims")
+        raise ValueError(f"{op}: {name} must have {expected_ndim} dims {what}, got shape {list(t.shape)}")
+    if shape is not None:
+        for got, want in zip(t.shape, shape):
+            if want is not None and got != want:
+                what = f" {layout}" if layout else ""
+                raise ValueError(
+                    f"{op}: {name} has shape {list(t.shape)}, expected {_fmt_shape(shape)}{what}"
+                )
+    return t
+
+
+def check_same_device(op: str, **tensors) -> torch.device:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {k: v.device for k, v in present.items()}
+    first = next(iter(devices.values()))
+    for k, d in devices.items():
+        if d != first:
+            raise ValueError(f"{op}: all inputs must be on one device, got {k} on {d} and others on {first}")
+    return first
+
+
+def check_same_dtype(op: str, **tensors) -> torch.dtype:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    dts = {k: v.dtype for k, v in present.items()}
+    first_name, first = next(iter(dts.items()))
+    for k, d in dts.items():
+        if d != first:
+            raise TypeError(f"{op}: {k} has dtype {d} but {first_name} has {first}; pass one dtype")
+    return first
+
+
+def check_cu_seqlens(op: str, cu_seqlens, batch: int, seq_len: int) -> torch.Tensor | None:
+    """Validate packed-sequence offsets: 1-D int, starts at 0, ends at T, non-decreasing, and batch == 1."""
+    if cu_seqlens is None:
+        return None
+    check_tensor(op, "cu_seqlens", cu_seqlens, ndim=1, dtypes=INDEX_DTYPES)
+    if batch != 1:
+        raise ValueError(
+            f"{op}: cu_seqlens packs sequences along T and needs batch size 1, got batch size {batch}"
+        )
+    if cu_seqlens.numel() < 2:
+        raise ValueError(f"{op}: cu_seqlens needs at least 2 entries [0, ..., T], got {cu_seqlens.tolist()}")
+    cpu = cu_seqlens.detach().cpu()
+    if int(cpu[0]) != 0 or int(cpu[-1]) != seq_len:
+        raise ValueError(
+            f"{op}: cu_seqlens must start at 0 and end at T={seq_len}, got first={int(cpu[0])}, last={int(cpu[-1])}"
+        )
+    if bool((cpu[1:] < cpu[:-1]).any()):
+        raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {cpu.tolist()}")
+    return cu_seqlens
+
+
+def num_sequences(batch: int, cu_seqlens) -> int:
+    """N, the leading dim of initial/final states: B, or the number of packed sequences."""
+    return batch if cu_seqlens is None else cu_seqlens.numel() - 1
+
+
+def check_choice(op: str, name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{op}: {name} must be one of {tuple(choices)}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton helpers (import Triton lazily, inside the functions)
+# ----------------------------------------------------------------------------------------------
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def autotune_configs(grid: dict[str, Sequence[int]], num_warps: Sequence[int], num_stages: Sequence[int]):
+    """A small product of ``triton.Config``s. Under the interpreter only the first one is returned, since
+    timing configs there is meaningless and slow. Keep grids tiny: compile time is a user cost."""
+    import itertools
+
+    import triton
+
+    keys = list(grid)
+    configs = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        for w in num_warps:
+            for s in num_stages:
+                configs.append(triton.Config(dict(zip(keys, values)), num_warps=w, num_stages=s))
+    if interpreter_active():
+        configs = configs[:1]
+    return configs
