@@ -1,0 +1,18 @@
+"""Every architecture; importing this package registers them all with the transformers Auto classes.
+
+To add one: create ``<arch>/`` with its config (a ZooConfig subclass), its mixer (``@register_mixer``) and thin
+model classes, call ``register_architecture`` in its ``__init__.py``, and import it below.
+"""
+
+import importlib
+
+from .base import list_architectures
+
+# architectures developed in this repository; each registers itself on import
+_ARCH_PACKAGES = ["transformer", "deltanet", "transnormer"]
+
+for _name in _ARCH_PACKAGES:
+    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
+        importlib.import_module(f"{__name__}.{_name}")
+
+__all__ = ["list_architectures"]

@@ -1,0 +1,118 @@
+"""Registering an architecture with the Auto classes, and the trust_remote_code shim.
+
+``register_architecture(Config, Model, ForCausalLM, ForSequenceClassification)`` registers the four with
+AutoConfig / AutoModel / AutoModelForCausalLM / AutoModelForSequenceClassification (and the byte tokenizer
+with AutoTokenizer), refusing a ``model_type`` that transformers already uses.
+
+Checkpoints carry ``auto_map`` entries pointing at ``seqzoo_remote.py``, a three-line module that
+``save_pretrained`` writes next to ``config.json``; it imports the classes from the installed seqzoo, so
+``AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)`` works in a process that never
+imported seqzoo.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+ARCHITECTURES: dict[str, type] = {}  # model_type -> config class
+_CLASSES: dict[str, dict[str, type]] = {}  # model_type -> {auto class name: class}
+
+
+def builtin_model_types() -> set[str]:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return set(CONFIG_MAPPING_NAMES)
+
+
+def register_architecture(config_class, model_class, causal_lm_class, seq_cls_class) -> None:
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    from ...tokenizer import ByteTokenizer
+
+    model_type = config_class.model_type
+    if model_type in builtin_model_types():
+        raise ValueError(f"model_type {model_type!r} collides with a transformers built-in model type; rename it")
+    if model_type in ARCHITECTURES:
+        if ARCHITECTURES[model_type] is config_class:
+            return
+        raise ValueError(f"model_type {model_type!r} is already registered by {ARCHITECTURES[model_type]}")
+    for cls in (model_class, causal_lm_class, seq_cls_class):
+        cls.config_class = config_class
+    causal_lm_class.base_model_class = model_class
+    seq_cls_class.base_model_class = model_class
+    classes = {
+        "AutoConfig": config_class,
+        "AutoModel": model_class,
+        "AutoModelForCausalLM": causal_lm_class,
+        "AutoModelForSequenceClassification": seq_cls_class,
+    }
+    config_class._auto_class_names = {k: v.__name__ for k, v in classes.items()}
+    AutoConfig.register(model_type, config_class)
+    AutoModel.register(config_class, model_class)
+    AutoModelForCausalLM.register(config_class, causal_lm_class)
+    AutoModelForSequenceClassification.register(config_class, seq_cls_class)
+    try:
+        AutoTokenizer.register(config_class, tokenizer_class=ByteTokenizer)
+    except TypeError:  # older signature
+        AutoTokenizer.register(config_class, slow_tokenizer_class=ByteTokenizer)
+    ARCHITECTURES[model_type] = config_class
+    _CLASSES[model_type] = classes
+
+
+def list_architectures() -> dict[str, type]:
+    """``{model_type: config_class}`` for every registered seqzoo architecture."""
+    return dict(ARCHITECTURES)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_remote_shim(save_directory, config_class) -> None:
+    """Write ``seqzoo_remote.py`` so that trust_remote_code loading finds the installed seqzoo classes."""
+    model_type = config_class.model_type
+    classes = _CLASSES.get(model_type)
+    if classes is None or not os.path.isdir(save_directory):
+        return
+    from ...tokenizer import ByteTokenizer
+
+    lines = [
+        '"""Written by seqzoo: lets transformers load this checkpoint with trust_remote_code=True when the',
+        '`seqzoo` package is installed (pip install seqzoo). The classes are seqzoo\'s own."""',
+        "",
+        "import seqzoo  # noqa: F401  (registers every seqzoo architecture)",
+    ]
+    by_module: dict[str, list[str]] = {}
+    for cls in list(classes.values()) + [ByteTokenizer]:
+        by_module.setdefault(cls.__module__, []).append(cls.__name__)
+    for module, names in by_module.items():
+        lines.append(f"from {module} import {', '.join(sorted(set(names)))}  # noqa: F401")
+    _atomic_write(os.path.join(save_directory, config_class.REMOTE_MODULE + ".py"), "\n".join(lines) + "\n")
+
+
+def write_tokenizer_shim(save_directory) -> None:
+    """A tokenizer saved alone gets the shim too (the model's save writes a fuller one)."""
+    path = os.path.join(save_directory, "seqzoo_remote.py")
+    if os.path.exists(path):
+        return
+    _atomic_write(
+        path,
+        '"""Written by seqzoo: lets transformers load this tokenizer with trust_remote_code=True."""\n\n'
+        "import seqzoo  # noqa: F401\nfrom seqzoo.tokenizer import ByteTokenizer  # noqa: F401\n",
+    )
