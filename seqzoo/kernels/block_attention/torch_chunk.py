@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..linear_attention._varlen import pack_padded, unpack_padded
+from .._chunk import pack_varlen, pad_time, seq_lens, unpack_varlen, unpad_time
 
 
 def block_attention_torch(q, k, v, block_size=64, causal=True, activation="softmax", scale=None,
@@ -19,12 +19,11 @@ def block_attention_torch(q, k, v, block_size=64, causal=True, activation="softm
     scale = D ** -0.5 if scale is None else scale
     qf, kf, vf = q.float(), k.float(), v.float()
     if cu_seqlens is None:
-        pad = (-T) % w
-        if pad:
-            qf, kf, vf = (torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)) for x in (qf, kf, vf))
+        qf, kf, vf = (pad_time(x, w) for x in (qf, kf, vf))
         lengths = torch.full((B,), T, dtype=torch.long, device=q.device)
     else:
-        (qf, kf, vf), lengths = pack_padded((qf, kf, vf), cu_seqlens, multiple=w)
+        qf, kf, vf = (unpack_varlen(x, cu_seqlens, multiple=w) for x in (qf, kf, vf))  # [N, Tp, H, *]
+        lengths = seq_lens(cu_seqlens).long()
     N, Tp = qf.shape[:2]
     nb = Tp // w
     # [N, H, nb, w, D]
@@ -45,5 +44,5 @@ def block_attention_torch(q, k, v, block_size=64, causal=True, activation="softm
     else:
         p = torch.relu(s) * visible
     o = (p @ vb).permute(0, 2, 3, 1, 4).reshape(N, Tp, H, Dv)  # [N, Tp, H, Dv]
-    o = o[:, :T] if cu_seqlens is None else unpack_padded(o, cu_seqlens)
+    o = unpad_time(o, T) if cu_seqlens is None else pack_varlen(o, cu_seqlens)
     return o.to(q.dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._varlen import pack_padded, unpack_padded
+from .._chunk import pack_varlen, pad_time, seq_lens, unpack_varlen, unpad_time
 
 CHUNK = 64
 
@@ -79,14 +79,14 @@ def linear_attention_torch(q, k, v, decay=None, scale=1.0, causal=True, initial_
     # [N, Tp, H, *] padded per sequence
     if cu_seqlens is None:
         N = B
-        pad = (-T) % chunk_size if causal else 0
-        if pad:
-            qf, kf, vf = (torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)) for x in (qf, kf, vf))
+        if causal:
+            qf, kf, vf = (pad_time(x, chunk_size) for x in (qf, kf, vf))
         lengths = torch.full((B,), T, dtype=torch.long, device=q.device)
     else:
         N = cu_seqlens.numel() - 1
         mult = chunk_size if causal else 1
-        (qf, kf, vf), lengths = pack_padded((qf, kf, vf), cu_seqlens, multiple=mult)
+        qf, kf, vf = (unpack_varlen(x, cu_seqlens, multiple=mult) for x in (qf, kf, vf))  # [N, Tp, H, *]
+        lengths = seq_lens(cu_seqlens).long()
     h0 = (torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if initial_state is None
           else initial_state.float())
     if causal:
@@ -96,7 +96,7 @@ def linear_attention_torch(q, k, v, decay=None, scale=1.0, causal=True, initial_
         final = h0 + torch.einsum("nthk,nthv->nhkv", kf, vf)  # [N, H, K, V]
         o = scale * torch.einsum("nthk,nhkv->nthv", qf, final)
     if cu_seqlens is None:
-        o = o[:, :T]
+        o = unpad_time(o, T)
     else:
-        o = unpack_padded(o, cu_seqlens)  # [1, T, H, V]
+        o = pack_varlen(o, cu_seqlens)  # [1, T, H, V]
     return o.to(dtype), (final if output_final_state else None)

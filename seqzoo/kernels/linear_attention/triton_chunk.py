@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from .._backend import autotune_configs, next_power_of_2
-from ._varlen import chunk_table
+from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
 
 BT = 64  # chunk length: tokens per chunk
 _CFG = dict(grid={}, num_warps=[4, 8], num_stages=[2, 3])
@@ -84,12 +84,12 @@ def _decay_mask(b_g, o_t, HAS_DECAY: tl.constexpr):
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
 @triton.jit
-def _fwd_o(q, k, v, g, h, o, scale, cu, chunk_seq, chunk_idx,
+def _fwd_o(q, k, v, g, h, o, scale, cu, chunk_tab,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
            BV: tl.constexpr, HAS_DECAY: tl.constexpr):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_seq + i_c).to(tl.int64)
-    c = tl.load(chunk_idx + i_c).to(tl.int64)
+    i_n = tl.load(chunk_tab + 2 * i_c).to(tl.int64)
+    c = tl.load(chunk_tab + 2 * i_c + 1).to(tl.int64)
     t0 = tl.load(cu + i_n).to(tl.int64) + c * BT
     L = tl.minimum(tl.load(cu + i_n + 1).to(tl.int64) - t0, BT)
     o_t = tl.arange(0, BT)
@@ -161,12 +161,12 @@ def _bwd_dh(q, do, g, dh, dht, dh0, scale, cu, chunk_offsets,
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
 @triton.jit
-def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_seq, chunk_idx,
+def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab,
              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
              BV: tl.constexpr, HAS_DECAY: tl.constexpr):
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_seq + i_c).to(tl.int64)
-    c = tl.load(chunk_idx + i_c).to(tl.int64)
+    i_n = tl.load(chunk_tab + 2 * i_c).to(tl.int64)
+    c = tl.load(chunk_tab + 2 * i_c + 1).to(tl.int64)
     t0 = tl.load(cu + i_n).to(tl.int64) + c * BT
     L = tl.minimum(tl.load(cu + i_n + 1).to(tl.int64) - t0, BT)
     o_t = tl.arange(0, BT)
@@ -206,12 +206,12 @@ def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_seq, chunk_idx,
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
 @triton.jit
-def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_seq, chunk_idx,
+def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
             BV: tl.constexpr, HAS_DECAY: tl.constexpr):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_seq + i_c).to(tl.int64)
-    c = tl.load(chunk_idx + i_c).to(tl.int64)
+    i_n = tl.load(chunk_tab + 2 * i_c).to(tl.int64)
+    c = tl.load(chunk_tab + 2 * i_c + 1).to(tl.int64)
     t0 = tl.load(cu + i_n).to(tl.int64) + c * BT
     L = tl.minimum(tl.load(cu + i_n + 1).to(tl.int64) - t0, BT)
     o_t = tl.arange(0, BT)
@@ -240,13 +240,23 @@ def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_seq, chunk_idx,
     tl.store(dv + (t0 + o_t[:, None]) * H * V + i_h * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
+def chunk_tables(cu_seqlens, batch: int, seq_len: int, chunk: int, device):
+    """``(cu [N+1] int32, table [NC, 2] int32 (sequence, chunk in sequence), offsets [N+1] int32)`` on ``device``
+    for the flattened ``[B*T]`` token layout (dense batch) or the packed ``cu_seqlens`` layout."""
+    if cu_seqlens is None:
+        cu = uniform_cu_seqlens(batch, seq_len, device="cpu")  # built on the host: no device sync
+        return (cu.to(device), chunk_indices(cu, chunk).to(device), chunk_offsets(cu, chunk).to(device))
+    cu = cu_seqlens.to(torch.int32)
+    return cu, chunk_indices(cu, chunk), chunk_offsets(cu, chunk)
+
+
 class _LinearAttentionChunk(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, h0, scale, output_final_state, cu_seqlens):
         B, T, H, K = q.shape
         V = v.shape[-1]
-        cu, chunk_seq, chunk_idx, chunk_offsets = chunk_table(cu_seqlens, B, T, BT, q.device)
-        N, NC = cu.numel() - 1, chunk_seq.numel()
+        cu, chunk_tab, chunk_offs = chunk_tables(cu_seqlens, B, T, BT, q.device)
+        N, NC = cu.numel() - 1, chunk_tab.shape[0]
         BK, BV = _tile(K), _tile(V)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         h = q.new_empty(NC, H, K, V)  # state entering each chunk, [NC, H, K, V]
@@ -254,22 +264,22 @@ class _LinearAttentionChunk(torch.autograd.Function):
         o = torch.empty_like(v)
         has_decay = g is not None
         _fwd_h[(N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
-            k, v, g, h, h0, ht, cu, chunk_offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            k, v, g, h, h0, ht, cu, chunk_offs, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
             HAS_DECAY=has_decay, USE_H0=h0 is not None, STORE_FINAL=output_final_state)
         _fwd_o[(NC, triton.cdiv(V, BV), H)](
-            q, k, v, g, h, o, scale, cu, chunk_seq, chunk_idx, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            q, k, v, g, h, o, scale, cu, chunk_tab, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
             HAS_DECAY=has_decay)
-        ctx.save_for_backward(q, k, v, g, h, h0, cu, chunk_seq, chunk_idx, chunk_offsets)
+        ctx.save_for_backward(q, k, v, g, h, h0, cu, chunk_tab, chunk_offs)
         ctx.scale = scale
         ctx.h0_dtype = None if h0 is None else h0.dtype
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, h, h0, cu, chunk_seq, chunk_idx, chunk_offsets = ctx.saved_tensors
+        q, k, v, g, h, h0, cu, chunk_tab, chunk_offs = ctx.saved_tensors
         B, T, H, K = q.shape
         V = v.shape[-1]
-        N, NC = cu.numel() - 1, chunk_seq.numel()
+        N, NC = cu.numel() - 1, chunk_tab.shape[0]
         BK, BV = _tile(K), _tile(V)
         has_decay = g is not None
         do = do.contiguous()
@@ -278,14 +288,14 @@ class _LinearAttentionChunk(torch.autograd.Function):
         dh = q.new_empty(NC, H, K, V)
         dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
         _bwd_dh[(N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
-            q, do, g, dh, dht, dh0, ctx.scale, cu, chunk_offsets, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            q, do, g, dh, dht, dh0, ctx.scale, cu, chunk_offs, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
             HAS_DECAY=has_decay, USE_DHT=dht is not None, STORE_DH0=h0 is not None)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         _bwd_dqk[(NC, triton.cdiv(K, BK), H)](
-            q, k, v, g, h, do, dh, dq, dk, ctx.scale, cu, chunk_seq, chunk_idx,
+            q, k, v, g, h, do, dh, dq, dk, ctx.scale, cu, chunk_tab,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DECAY=has_decay)
         _bwd_dv[(NC, triton.cdiv(V, BV), H)](
-            q, k, g, do, dh, dv, ctx.scale, cu, chunk_seq, chunk_idx,
+            q, k, g, do, dh, dv, ctx.scale, cu, chunk_tab,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DECAY=has_decay)
         if dh0 is not None:
             dh0 = dh0.to(ctx.h0_dtype)
