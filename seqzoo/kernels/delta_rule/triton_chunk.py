@@ -1,0 +1,453 @@
+"""Chunked delta rule in Triton: forward and backward kernels in one ``torch.autograd.Function``.
+
+Every input is viewed as a packed batch ``[T_total, H, D]`` with ``cu_seqlens`` (a dense ``[B, T]`` batch
+is ``B`` packed sequences of length ``T``), so one set of kernels serves dense and varlen inputs. Chunks of
+``BT`` tokens never straddle a sequence; ``chunk_indices`` / ``chunk_offsets`` (``seqzoo.kernels._chunk``)
+map programs to chunks. Equations: README.md. Per chunk, ``S`` the state entering it:
+
+forward
+  1. ``_wy_fwd``      (chunk, head):    Ainv = (I + strict_tril(diag(b) K K^T))^{-1}, W = Ainv diag(b) K,
+                                         U = Ainv diag(b) V                                  (parallel)
+  2. ``_state_fwd``   (V block, seq*head): S_c stored per chunk, V_new = U - W S, S += K^T V_new (sequential)
+  3. ``_output_fwd``  (V block, chunk, head): O = Q S + tril(Q K^T) V_new                       (parallel)
+backward (recomputes 1 and 2; the forward stores only its inputs)
+  4. ``_state_bwd``   (V block, seq*head), chunks in reverse, dS' = grad of the state leaving the chunk:
+                      dV_new = tril(Q K^T)^T dO + K dS';  dS = dS' + Q^T dO - W^T dV_new
+  5. ``_grads_bwd``   (chunk, head): dq, dk, dv, dbeta from dO, dV_new, dS', S through the WY transform.
+
+Dots take operands in the input dtype (bf16 / fp16 tensor cores) and accumulate in fp32; fp32 inputs use
+``input_precision="ieee"`` so that the fp32 path is exact to rounding. States are fp32 in memory.
+Block dims are powers of two >= 16 with masks, so K, V need not be powers of two (K, V <= 256).
+T is never a kernel argument (lengths come from ``cu_seqlens`` at run time): a new length neither
+re-tunes nor recompiles.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import autotune_configs, next_power_of_2
+from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
+
+BT = 64  # chunk length
+
+
+def _block(n: int) -> int:
+    return max(16, next_power_of_2(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. WY representation of each chunk
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK"])
+@triton.jit
+def _wy_fwd_kernel(
+    k, v, beta, ainv, w, u, cu_seqlens, chunk_idx,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_idx + i_c * 2)
+    i_t = tl.load(chunk_idx + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    DT = k.dtype.element_ty
+
+    o_t = tl.arange(0, BT)
+    rows = bos + i_t * BT + o_t  # token indices of this chunk
+    m_t = rows < eos
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+
+    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+    b_b = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    b_kb = (b_k.to(tl.float32) * b_b[:, None]).to(DT)  # diag(beta) K   [BT, BK]
+
+    # N = -strict_tril(diag(beta) K K^T); (I - N)^{-1} = I + Y with Y_i = N_i + N_i Y (rows in order)
+    b_a = tl.dot(b_kb, tl.trans(b_k.to(DT)), input_precision="ieee")
+    b_a = tl.where(o_t[:, None] > o_t[None, :], -b_a, 0.0)
+    for i in range(1, BT):
+        sel = o_t[:, None] == i
+        row = tl.sum(tl.where(sel, b_a, 0.0), 0)  # N_i (row i is still N's)   [BT]
+        row = row + tl.sum(row[:, None] * b_a, 0)  # + N_i Y (rows < i of b_a hold Y already)
+        b_a = tl.where(sel, row[None, :], b_a)
+    b_a = b_a + tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)  # Ainv = I + Y   [BT, BT] fp32
+
+    tl.store(ainv + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_a, mask=m_t[:, None])
+    b_w = tl.dot(b_a.to(DT), b_kb, input_precision="ieee")  # W = Ainv diag(beta) K
+    tl.store(w + (rows[:, None] * H + i_h) * K + o_k[None, :], b_w.to(w.dtype.element_ty),
+             mask=m_t[:, None] & m_k[None, :])
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        b_v = tl.load(v + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_vb = (b_v.to(tl.float32) * b_b[:, None]).to(DT)
+        b_u = tl.dot(b_a.to(DT), b_vb, input_precision="ieee")  # U = Ainv diag(beta) V
+        tl.store(u + (rows[:, None] * H + i_h) * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_tv)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. chunk states (sequential over the chunks of one sequence)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=autotune_configs({"BV": [32, 64]}, num_warps=[4], num_stages=[2, 3]), key=["K", "V", "BK"])
+@triton.jit
+def _state_fwd_kernel(
+    k, w, u, h0, h, vnew, ht, cu_seqlens, chunk_off,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_off + i_n).to(tl.int64)
+    nt = tl.cdiv(eos - bos, BT)
+    DT = k.dtype.element_ty
+
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = o_k[:, None] * V + o_v[None, :]
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_h += tl.load(h0 + (i_n * H + i_h) * K * V + p_state, mask=m_kv, other=0.0)
+    for i_t in range(0, nt):
+        tl.store(h + ((c0 + i_t) * H + i_h) * K * V + p_state, b_h, mask=m_kv)  # S entering the chunk
+        rows = bos + i_t * BT + o_t
+        m_t = rows < eos
+        b_w = tl.load(w + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_u = tl.load(u + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_vn = b_u.to(tl.float32) - tl.dot(b_w.to(DT), b_h.to(DT), input_precision="ieee")  # U - W S
+        tl.store(vnew + (rows[:, None] * H + i_h) * V + o_v[None, :], b_vn.to(vnew.dtype.element_ty),
+                 mask=m_t[:, None] & m_v[None, :])
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_h += tl.dot(tl.trans(b_k.to(DT)), b_vn.to(DT), input_precision="ieee")  # S += K^T V_new
+    if STORE_HT:
+        tl.store(ht + (i_n * H + i_h) * K * V + p_state, b_h, mask=m_kv)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. outputs (parallel over chunks)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"])
+@triton.jit
+def _output_fwd_kernel(
+    q, k, vnew, h, o, scale, cu_seqlens, chunk_idx,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_idx + i_c * 2)
+    i_t = tl.load(chunk_idx + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    DT = k.dtype.element_ty
+
+    o_t = tl.arange(0, BT)
+    rows = bos + i_t * BT + o_t
+    m_t = rows < eos
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+
+    b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+    b_q = (b_q.to(tl.float32) * scale).to(DT)
+    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+    b_s = tl.where(o_t[:, None] >= o_t[None, :], b_s, 0.0)  # tril(Q K^T), diagonal kept
+    b_h = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
+                  mask=m_k[:, None] & m_v[None, :], other=0.0)
+    b_vn = tl.load(vnew + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
+    b_o = tl.dot(b_q, b_h.to(DT), input_precision="ieee")
+    b_o += tl.dot(b_s.to(DT), b_vn.to(DT), input_precision="ieee")
+    tl.store(o + (rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. backward through the chunk states (sequential, chunks in reverse)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=autotune_configs({"BV": [32, 64]}, num_warps=[4], num_stages=[2, 3]), key=["K", "V", "BK"])
+@triton.jit
+def _state_bwd_kernel(
+    q, k, w, do, dht, dh, dvnew, dh0, scale, cu_seqlens, chunk_off,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+):
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_off + i_n).to(tl.int64)
+    nt = tl.cdiv(eos - bos, BT)
+    DT = k.dtype.element_ty
+
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = o_k[:, None] * V + o_v[None, :]
+
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)  # dS': gradient of the state leaving the chunk
+    if USE_DHT:
+        b_dh += tl.load(dht + (i_n * H + i_h) * K * V + p_state, mask=m_kv, other=0.0)
+    for j in range(0, nt):
+        i_t = nt - 1 - j
+        tl.store(dh + ((c0 + i_t) * H + i_h) * K * V + p_state, b_dh, mask=m_kv)
+        rows = bos + i_t * BT + o_t
+        m_t = rows < eos
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_q = (b_q.to(tl.float32) * scale).to(DT)
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
+        b_w = tl.load(w + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
+        b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+        b_s = tl.where(o_t[:, None] >= o_t[None, :], b_s, 0.0)  # P = tril(Q K^T)
+        # dV_new = P^T dO + K dS'
+        b_du = tl.dot(tl.trans(b_s.to(DT)), b_do, input_precision="ieee")
+        b_du += tl.dot(b_k, b_dh.to(DT), input_precision="ieee")
+        tl.store(dvnew + (rows[:, None] * H + i_h) * V + o_v[None, :], b_du, mask=m_tv)
+        # dS = dS' + Q^T dO - W^T dV_new
+        b_dh += tl.dot(tl.trans(b_q), b_do, input_precision="ieee")
+        b_dh -= tl.dot(tl.trans(b_w), b_du.to(DT), input_precision="ieee")
+    if STORE_DH0:
+        tl.store(dh0 + (i_n * H + i_h) * K * V + p_state, b_dh, mask=m_kv)
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. gradients of q, k, v, beta (parallel over chunks)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"])
+@triton.jit
+def _grads_bwd_kernel(
+    q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta, scale, cu_seqlens, chunk_idx,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_idx + i_c * 2)
+    i_t = tl.load(chunk_idx + i_c * 2 + 1)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    DT = k.dtype.element_ty
+
+    o_t = tl.arange(0, BT)
+    rows = bos + i_t * BT + o_t
+    m_t = rows < eos
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    causal = o_t[:, None] >= o_t[None, :]
+    base_h = i_c.to(tl.int64) * H * K * V + i_h * K * V
+
+    b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+    b_q = (b_q.to(tl.float32) * scale).to(DT)
+    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
+    b_b = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    b_a = tl.load(ainv + (rows[:, None] * H + i_h) * BT + o_t[None, :], mask=m_t[:, None], other=0.0)
+    b_at = tl.trans(b_a).to(DT)  # Ainv^T
+
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # dO S^T
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # V_new dS'^T (+ more below)
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # dW = -dV_new S^T
+    b_dp = tl.zeros([BT, BT], dtype=tl.float32)  # dO V_new^T (masked later)
+    b_dt = tl.zeros([BT, BT], dtype=tl.float32)  # dAinv = dU (diag(b) V)^T + dW (diag(b) K)^T
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        p_kv = base_h + o_k[:, None] * V + o_v[None, :]
+        b_h = tl.load(h + p_kv, mask=m_k[:, None] & m_v[None, :], other=0.0).to(DT)  # S    [BK, BV]
+        b_dh = tl.load(dh + p_kv, mask=m_k[:, None] & m_v[None, :], other=0.0).to(DT)  # dS'  [BK, BV]
+        b_vn = tl.load(vnew + p_tv, mask=m_tv, other=0.0).to(DT)
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(DT)
+        b_du = tl.load(dvnew + p_tv, mask=m_tv, other=0.0).to(DT)
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+
+        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision="ieee")
+        b_dp += tl.dot(b_do, tl.trans(b_vn), input_precision="ieee")
+        b_dk += tl.dot(b_vn, tl.trans(b_dh), input_precision="ieee")
+        b_dw -= tl.dot(b_du, tl.trans(b_h), input_precision="ieee")
+        b_vb = (b_v * b_b[:, None]).to(DT)
+        b_dt += tl.dot(b_du, tl.trans(b_vb), input_precision="ieee")
+        b_dvb = tl.dot(b_at, b_du, input_precision="ieee")  # d(diag(b) V) = Ainv^T dU
+        tl.store(dv + p_tv, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_db += tl.sum(b_dvb * b_v, 1)
+
+    b_dp = tl.where(causal, b_dp, 0.0)
+    b_dq += tl.dot(b_dp.to(DT), b_k, input_precision="ieee")
+    b_dk += tl.dot(tl.trans(b_dp.to(DT)), b_q, input_precision="ieee")
+    b_dkb = tl.dot(b_at, b_dw.to(DT), input_precision="ieee")  # d(diag(b) K) = Ainv^T dW
+    b_kf = b_k.to(tl.float32)
+    b_dk += b_dkb * b_b[:, None]
+    b_db += tl.sum(b_dkb * b_kf, 1)
+    b_kb = (b_kf * b_b[:, None]).to(DT)
+    b_dt += tl.dot(b_dw.to(DT), tl.trans(b_kb), input_precision="ieee")
+    # Ainv = (I + A)^{-1}  =>  dA = -Ainv^T dAinv Ainv^T, only the strictly lower part is a function of K, b
+    b_da = tl.dot(b_at, b_dt.to(DT), input_precision="ieee")
+    b_da = -tl.dot(b_da.to(DT), b_at, input_precision="ieee")
+    b_da = tl.where(o_t[:, None] > o_t[None, :], b_da, 0.0)
+    # A = strict_tril(diag(b) K K^T)
+    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision="ieee")
+    b_db += tl.sum(b_da * b_kk, 1)
+    b_bda = (b_da * b_b[:, None]).to(DT)
+    b_dk += tl.dot(b_bda, b_k, input_precision="ieee")
+    b_dk += tl.dot(tl.trans(b_bda), b_k, input_precision="ieee")
+
+    tl.store(dq + (rows[:, None] * H + i_h) * K + o_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dbeta + rows * H + i_h, b_db.to(dbeta.dtype.element_ty), mask=m_t)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def _dims(k, v):
+    K, V = k.shape[-1], v.shape[-1]
+    return K, V, _block(K), min(_block(V), 64)
+
+
+def _wy_fwd(k, v, beta, cu_seqlens, cidx):
+    """k [T, H, K], v [T, H, V], beta [T, H] -> Ainv [T, H, BT] fp32, W [T, H, K], U [T, H, V]."""
+    T, H, K = k.shape
+    V = v.shape[-1]
+    _, _, BK, BV = _dims(k, v)
+    ainv = k.new_empty(T, H, BT, dtype=torch.float32)
+    w = torch.empty_like(k)
+    u = torch.empty_like(v)
+    _wy_fwd_kernel[(cidx.shape[0], H)](k, v, beta, ainv, w, u, cu_seqlens, cidx,
+                                       H=H, K=K, V=V, BT=BT, BK=BK, BV=BV)
+    return ainv, w, u
+
+
+def _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht):
+    """-> h [NC, H, K, V] fp32 (state entering each chunk), V_new [T, H, V], final state [N, H, K, V] fp32."""
+    T, H, K = k.shape
+    V = u.shape[-1]
+    N = cu_seqlens.numel() - 1
+    BK = _block(K)
+    h = k.new_empty(num_chunks, H, K, V, dtype=torch.float32)
+    vnew = torch.empty_like(u)
+    ht = k.new_empty(N, H, K, V, dtype=torch.float32) if store_ht else None
+
+    def grid(meta):
+        return (triton.cdiv(V, meta["BV"]), N * H)
+
+    _state_fwd_kernel[grid](k, w, u, h0 if h0 is not None else k, h, vnew, ht if ht is not None else k,
+                            cu_seqlens, coff, H=H, K=K, V=V, BT=BT, BK=BK,
+                            USE_H0=h0 is not None, STORE_HT=store_ht)
+    return h, vnew, ht
+
+
+def _output_fwd(q, k, vnew, h, scale, cu_seqlens, cidx):
+    T, H, K = q.shape
+    V = vnew.shape[-1]
+    _, _, BK, BV = _dims(k, vnew)
+    o = torch.empty_like(vnew)
+    _output_fwd_kernel[(triton.cdiv(V, BV), cidx.shape[0], H)](q, k, vnew, h, o, scale, cu_seqlens, cidx,
+                                                                 H=H, K=K, V=V, BT=BT, BK=BK, BV=BV)
+    return o
+
+
+def _state_bwd(q, k, w, do, dht, scale, cu_seqlens, coff, num_chunks, store_dh0):
+    """-> dh [NC, H, K, V] fp32 (grad of the state leaving each chunk), dV_new [T, H, V] fp32, dh0."""
+    T, H, K = q.shape
+    V = do.shape[-1]
+    N = cu_seqlens.numel() - 1
+    BK = _block(K)
+    dh = q.new_empty(num_chunks, H, K, V, dtype=torch.float32)
+    dvnew = q.new_empty(T, H, V, dtype=torch.float32)
+    dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if store_dh0 else None
+
+    def grid(meta):
+        return (triton.cdiv(V, meta["BV"]), N * H)
+
+    _state_bwd_kernel[grid](q, k, w, do, dht if dht is not None else q, dh, dvnew,
+                            dh0 if dh0 is not None else q, scale, cu_seqlens, coff,
+                            H=H, K=K, V=V, BT=BT, BK=BK, USE_DHT=dht is not None, STORE_DH0=store_dh0)
+    return dh, dvnew, dh0
+
+
+def _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, cu_seqlens, cidx):
+    T, H, K = q.shape
+    V = v.shape[-1]
+    _, _, BK, BV = _dims(k, v)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dbeta = torch.empty_like(beta)
+    _grads_bwd_kernel[(cidx.shape[0], H)](q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta,
+                                          scale, cu_seqlens, cidx, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV)
+    return dq, dk, dv, dbeta
+
+
+class DeltaRuleChunkFunction(torch.autograd.Function):
+    """Packed inputs: q, k [T, H, K]; v [T, H, V]; beta [T, H]; h0 [N, H, K, V] fp32 or None."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, h0, scale, cu_seqlens, cidx, coff):
+        num_chunks = cidx.shape[0]
+        ainv, w, u = _wy_fwd(k, v, beta, cu_seqlens, cidx)
+        h, vnew, ht = _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht=True)
+        o = _output_fwd(q, k, vnew, h, scale, cu_seqlens, cidx)
+        ctx.save_for_backward(q, k, v, beta, h0, cu_seqlens, cidx, coff)
+        ctx.scale = scale
+        ctx.set_materialize_grads(False)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, beta, h0, cu_seqlens, cidx, coff = ctx.saved_tensors
+        scale = ctx.scale
+        num_chunks = cidx.shape[0]
+        if do is None:
+            do = torch.zeros_like(v)
+        do = do.contiguous()
+        dht = dht.contiguous().float() if dht is not None else None
+        # recompute the forward's intermediates
+        ainv, w, u = _wy_fwd(k, v, beta, cu_seqlens, cidx)
+        h, vnew, _ = _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht=False)
+        dh, dvnew, dh0 = _state_bwd(q, k, w, do, dht, scale, cu_seqlens, coff, num_chunks,
+                                    store_dh0=h0 is not None and ctx.needs_input_grad[4])
+        dq, dk, dv, dbeta = _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, cu_seqlens, cidx)
+        return dq, dk, dv, dbeta, dh0, None, None, None, None
+
+
+def delta_rule_triton_chunk(q, k, v, beta, scale, initial_state=None, cu_seqlens=None):
+    """Inputs already checked (``seqzoo.kernels.delta_rule``); returns ``(o [B, T, H, V], final [N, H, K, V])``."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if cu_seqlens is None:
+        cu = uniform_cu_seqlens(B, T, device=q.device)
+    else:
+        cu = cu_seqlens.to(torch.int32).contiguous()
+    cidx = chunk_indices(cu, BT)
+    coff = chunk_offsets(cu, BT)
+    qp, kp, vp = (x.reshape(B * T, H, x.shape[-1]).contiguous() for x in (q, k, v))
+    bp = beta.reshape(B * T, H).contiguous()
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    o, ht = DeltaRuleChunkFunction.apply(qp, kp, vp, bp, h0, float(scale), cu, cidx, coff)
+    return o.reshape(B, T, H, V), ht
