@@ -6,7 +6,7 @@ AutoModelForSequenceClassification (and the byte tokenizer with AutoTokenizer).
 
 __version__ = "0.1.0"
 
-from .architectures import list_architectures  # noqa: E402  (registers the architectures)
+from .architectures import get_config_class, list_architectures, make_config  # noqa: E402  (registers them)
 from .tokenizer import ByteTokenizer  # noqa: E402
 
-__all__ = ["ByteTokenizer", "list_architectures", "__version__"]
+__all__ = ["ByteTokenizer", "get_config_class", "list_architectures", "make_config", "__version__"]

@@ -28,6 +28,8 @@ class ByteTokenizer(PreTrainedTokenizer):
         self._byte_of_token = {_byte_token(b): b for b in range(NUM_BYTES)}
         kwargs.pop("pad_token", None), kwargs.pop("bos_token", None), kwargs.pop("eos_token", None)
         kwargs.setdefault("auto_map", {"AutoTokenizer": ["seqzoo_remote.ByteTokenizer", None]})
+        # text is bytes, always: a literal "<pad>" in the input is five bytes, never the pad id
+        kwargs.setdefault("split_special_tokens", True)
         super().__init__(pad_token=PAD, bos_token=BOS, eos_token=EOS, **kwargs)
 
     @property

@@ -6,7 +6,7 @@ model classes, call ``register_architecture`` in its ``__init__.py``, and import
 
 import importlib
 
-from .base import list_architectures
+from .base import get_config_class, list_architectures, make_config
 
 # architectures developed in this repository; each registers itself on import
 _ARCH_PACKAGES = ["transformer", "deltanet", "transnormer"]
@@ -15,4 +15,4 @@ for _name in _ARCH_PACKAGES:
     if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
         importlib.import_module(f"{__name__}.{_name}")
 
-__all__ = ["list_architectures"]
+__all__ = ["get_config_class", "list_architectures", "make_config"]

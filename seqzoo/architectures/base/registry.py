@@ -116,3 +116,19 @@ def write_tokenizer_shim(save_directory) -> None:
         '"""Written by seqzoo: lets transformers load this tokenizer with trust_remote_code=True."""\n\n'
         "import seqzoo  # noqa: F401\nfrom seqzoo.tokenizer import ByteTokenizer  # noqa: F401\n",
     )
+
+
+def get_config_class(model_type: str) -> type:
+    """The config class of a seqzoo architecture; an unknown name lists the registered ones."""
+    if model_type not in ARCHITECTURES:
+        close = [m for m in ARCHITECTURES if m[:3] == str(model_type)[:3]]
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown seqzoo model_type {model_type!r}{hint}; available: {sorted(ARCHITECTURES)}"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def make_config(model_type: str, **fields):
+    """``make_config("deltanet", hidden_size=64)``: a config for any registered architecture."""
+    return get_config_class(model_type)(**fields)

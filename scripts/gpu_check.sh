@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: the GPU tests (every Triton kernel natively, against its reference) and
+# the kernel benchmarks, with results under $OUT. Run from the repository root:
+#   OUT=/tmp/out bash scripts/gpu_check.sh
+# The GPU image has torch, triton, transformers and accelerate but not datasets: seqzoo runs from PYTHONPATH
+# and imports datasets lazily (only the eval tasks need it).
+set -uo pipefail
+OUT=${OUT:-$(pwd)/gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH=$(pwd):${PYTHONPATH:-}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+unset TRITON_INTERPRET
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+} > "$OUT/env.txt" 2>&1
+
+# 1. kernel tests on the GPU (the same tests CI runs in the interpreter, now compiled)
+python -m pytest -q -x tests/kernels -p no:cacheprovider > "$OUT/gpu_tests.txt" 2>&1
+echo "kernel tests exit code: $?" >> "$OUT/gpu_tests.txt"
+
+# 2. benchmarks: one JSON + table per op (ops without a bench module are skipped by the loop)
+for op in delta_rule linear_attention block_attention rms_norm; do
+  if python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('seqzoo.bench.$op') is None)"; then
+    timeout 240 python -m seqzoo.bench "$op" --json "$OUT/bench_$op.json" > "$OUT/bench_$op.txt" 2>&1
+  fi
+done
+tail -n 3 "$OUT"/*.txt
