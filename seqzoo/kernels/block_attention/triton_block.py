@@ -17,8 +17,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import autotune_configs, next_power_of_2
+from .._backend import autotune_configs, interpreter_active, next_power_of_2
 from ..linear_attention.triton_chunk import chunk_tables
+
+# The Triton interpreter (3.9 at least) returns garbage for tl.dot on bf16 operands; under the interpreter
+# every dot runs on fp32 copies (exact for fp16/bf16 inputs). Compiled kernels use the native dot.
+_INTERPRET = tl.constexpr(interpreter_active())
+
+
+@triton.jit
+def _dot(a, b):
+    if _INTERPRET:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision="ieee")
+
 
 NEG = -1.0e30  # finite "minus infinity": a fully masked (padding) row never turns into NaN
 _CFG = dict(grid={}, num_warps=[4, 8], num_stages=[2])
@@ -32,7 +45,7 @@ def _tile(w: int) -> int:
 @triton.jit
 def _scores(b_q, b_k, r_q, r_k, n_len, w, scale, CAUSAL: tl.constexpr):
     """scale·q kᵀ for a [BM, BN] tile and the visibility mask from positions in the sequence."""
-    b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * scale
+    b_s = _dot(b_q, tl.trans(b_k)) * scale
     vis = ((r_q[:, None] // w) == (r_k[None, :] // w)) & (r_k[None, :] < n_len) & (r_q[:, None] < n_len)
     if CAUSAL:
         vis = vis & (r_k[None, :] <= r_q[:, None])
@@ -72,14 +85,14 @@ def _fwd(q, k, v, o, lse, cu, tab, scale, w,
         b_s, vis = _scores(b_q, b_k, r_q, r_k, n_len, w, scale, CAUSAL)
         if RELU:
             b_p = tl.where(vis, tl.maximum(b_s, 0.0), 0.0)
-            b_acc += tl.dot(b_p.to(b_v.dtype), b_v, input_precision="ieee")
+            b_acc += _dot(b_p.to(b_v.dtype), b_v)
         else:
             b_s = tl.where(vis, b_s, NEG)
             m_new = tl.maximum(b_m, tl.max(b_s, axis=1))
             alpha = tl.exp(b_m - m_new)
             b_p = tl.where(vis, tl.exp(b_s - m_new[:, None]), 0.0)
             b_l = b_l * alpha + tl.sum(b_p, axis=1)
-            b_acc = b_acc * alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision="ieee")
+            b_acc = b_acc * alpha[:, None] + _dot(b_p.to(b_v.dtype), b_v)
             b_m = m_new
     if not RELU:
         b_l = tl.where(b_l > 0.0, b_l, 1.0)
@@ -94,7 +107,7 @@ def _probs_grad(b_q, b_k, b_v, b_do, b_lse, b_delta, r_q, r_k, n_len, w, scale,
                 CAUSAL: tl.constexpr, RELU: tl.constexpr):
     """For a [BM(queries), BN(keys)] tile: the weights p and the gradient of the scores ds (both fp32)."""
     b_s, vis = _scores(b_q, b_k, r_q, r_k, n_len, w, scale, CAUSAL)
-    b_dp = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
+    b_dp = _dot(b_do, tl.trans(b_v))
     if RELU:
         b_p = tl.where(vis, tl.maximum(b_s, 0.0), 0.0)
         b_ds = tl.where(vis & (b_s > 0.0), b_dp, 0.0)
@@ -141,8 +154,8 @@ def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, cu, tab, scale, w,
             b_lse = tl.load(lse + (bos + r_q) * H + i_h, mask=m_q, other=0.0)
             b_delta = tl.load(delta + (bos + r_q) * H + i_h, mask=m_q, other=0.0)
         b_p, b_ds = _probs_grad(b_q, b_k, b_v, b_do, b_lse, b_delta, r_q, r_k, n_len, w, scale, CAUSAL, RELU)
-        b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision="ieee")
-        b_dk += tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision="ieee")
+        b_dv += _dot(tl.trans(b_p.to(b_do.dtype)), b_do)
+        b_dk += _dot(tl.trans(b_ds.to(b_q.dtype)), b_q)
     tl.store(dk + (bos + r_k[:, None]) * H * D + i_h * D + o_d[None, :], (b_dk * scale).to(dk.dtype.element_ty),
              mask=m_kd)
     tl.store(dv + (bos + r_k[:, None]) * H * DV + i_h * DV + o_dv[None, :], b_dv.to(dv.dtype.element_ty),
@@ -185,7 +198,7 @@ def _bwd_dq(q, k, v, do, lse, delta, dq, cu, tab, scale, w,
         b_v = tl.load(v + (bos + r_k[:, None]) * H * DV + i_h * DV + o_dv[None, :],
                       mask=m_k[:, None] & (o_dv[None, :] < DV), other=0.0)
         b_p, b_ds = _probs_grad(b_q, b_k, b_v, b_do, b_lse, b_delta, r_q, r_k, n_len, w, scale, CAUSAL, RELU)
-        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision="ieee")
+        b_dq += _dot(b_ds.to(b_k.dtype), b_k)
     tl.store(dq + (bos + r_q[:, None]) * H * D + i_h * D + o_d[None, :], (b_dq * scale).to(dq.dtype.element_ty),
              mask=m_qd)
 

@@ -21,10 +21,24 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import autotune_configs, next_power_of_2
+from .._backend import autotune_configs, interpreter_active, next_power_of_2
 from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
 
 BT = 64  # chunk length: tokens per chunk
+
+# The Triton interpreter (3.9 at least) returns garbage for tl.dot on bf16 operands; under the interpreter
+# every dot runs on fp32 copies (exact for fp16/bf16 inputs). Compiled kernels use the native dot.
+_INTERPRET = tl.constexpr(interpreter_active())
+
+
+@triton.jit
+def _dot(a, b):
+    if _INTERPRET:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision="ieee")
+
+
 _CFG = dict(grid={}, num_warps=[4, 8], num_stages=[2, 3])
 
 
@@ -66,7 +80,7 @@ def _fwd_h(k, v, g, h, h0, ht, cu, chunk_offsets,
             k_dec = tl.where(m_t, tl.exp(b_g * (L - 1 - o_t).to(tl.float32)), 0.0)  # decay to the chunk end
             b_k = (b_k.to(tl.float32) * k_dec[:, None]).to(b_v.dtype)
             b_h = b_h * tl.exp(b_g * L.to(tl.float32))
-        b_h += tl.dot(tl.trans(b_k), b_v, input_precision="ieee")
+        b_h += _dot(tl.trans(b_k), b_v)
     if STORE_FINAL:
         tl.store(ht + i_n * H * K * V + p_state, b_h, mask=m_kv)
 
@@ -104,8 +118,8 @@ def _fwd_o(q, k, v, g, h, o, scale, cu, chunk_tab,
         b_k = tl.load(k + (t0 + o_t[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_qk, other=0.0)
         b_h = tl.load(h + i_c * H * K * V + i_h * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0)
-        b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision="ieee")
-        b_A += tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+        b_o += _dot(b_q, b_h.to(b_q.dtype))
+        b_A += _dot(b_q, tl.trans(b_k))
     b_g = 0.0
     if HAS_DECAY:
         b_g = tl.load(g + i_h).to(tl.float32)
@@ -113,7 +127,7 @@ def _fwd_o(q, k, v, g, h, o, scale, cu, chunk_tab,
     b_A = b_A * _decay_mask(b_g, o_t, HAS_DECAY)
     m_tv = m_t[:, None] & (o_v[None, :] < V)
     b_v = tl.load(v + (t0 + o_t[:, None]) * H * V + i_h * V + o_v[None, :], mask=m_tv, other=0.0)
-    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision="ieee")
+    b_o += _dot(b_A.to(b_v.dtype), b_v)
     tl.store(o + (t0 + o_t[:, None]) * H * V + i_h * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_tv)
 
@@ -154,7 +168,7 @@ def _bwd_dh(q, do, g, dh, dht, dh0, scale, cu, chunk_offsets,
             q_dec = tl.exp(b_g * (o_t + 1).to(tl.float32))
             b_q = (b_q.to(tl.float32) * q_dec[:, None]).to(b_do.dtype)
             b_dh = b_dh * tl.exp(b_g * L.to(tl.float32))
-        b_dh += scale * tl.dot(tl.trans(b_q), b_do, input_precision="ieee")
+        b_dh += scale * _dot(tl.trans(b_q), b_do)
     if STORE_DH0:
         tl.store(dh0 + i_n * H * K * V + p_state, b_dh, mask=m_kv)
 
@@ -184,9 +198,9 @@ def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab,
         p_state = i_c * H * K * V + i_h * K * V + o_k[:, None] * V + o_v[None, :]
         b_h = tl.load(h + p_state, mask=m_kv, other=0.0).to(b_do.dtype)  # state entering the chunk
         b_dh = tl.load(dh + p_state, mask=m_kv, other=0.0).to(b_v.dtype)  # grad of the state leaving it
-        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision="ieee")
-        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision="ieee")
-        b_dk += tl.dot(b_v, tl.trans(b_dh), input_precision="ieee")
+        b_dA += _dot(b_do, tl.trans(b_v))
+        b_dq += _dot(b_do, tl.trans(b_h))
+        b_dk += _dot(b_v, tl.trans(b_dh))
     m_tk = m_t[:, None] & (o_k[None, :] < K)
     b_q = tl.load(q + (t0 + o_t[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
     b_k = tl.load(k + (t0 + o_t[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
@@ -197,8 +211,8 @@ def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab,
         k_dec = tl.where(m_t, tl.exp(b_g * (L - 1 - o_t).to(tl.float32)), 0.0)
         b_dk = b_dk * k_dec[:, None]
     b_dA = (b_dA * scale * _decay_mask(b_g, o_t, HAS_DECAY)).to(b_q.dtype)
-    b_dq = b_dq * scale + tl.dot(b_dA, b_k, input_precision="ieee")
-    b_dk += tl.dot(tl.trans(b_dA), b_q, input_precision="ieee")
+    b_dq = b_dq * scale + _dot(b_dA, b_k)
+    b_dk += _dot(tl.trans(b_dA), b_q)
     p_out = (t0 + o_t[:, None]) * H * K + i_h * K + o_k[None, :]
     tl.store(dq + p_out, b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_out, b_dk.to(dk.dtype.element_ty), mask=m_tk)
@@ -226,8 +240,8 @@ def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab,
         b_k = tl.load(k + (t0 + o_t[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
         b_dh = tl.load(dh + i_c * H * K * V + i_h * K * V + o_k[:, None] * V + o_v[None, :],
                        mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0).to(b_k.dtype)
-        b_A += tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
-        b_dv += tl.dot(b_k, b_dh, input_precision="ieee")
+        b_A += _dot(b_q, tl.trans(b_k))
+        b_dv += _dot(b_k, b_dh)
     b_g = 0.0
     if HAS_DECAY:
         b_g = tl.load(g + i_h).to(tl.float32)
@@ -236,7 +250,7 @@ def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab,
     m_tv = m_t[:, None] & (o_v[None, :] < V)
     b_do = tl.load(do + (t0 + o_t[:, None]) * H * V + i_h * V + o_v[None, :], mask=m_tv, other=0.0)
     b_A = (b_A * scale * _decay_mask(b_g, o_t, HAS_DECAY)).to(b_do.dtype)
-    b_dv += tl.dot(tl.trans(b_A), b_do, input_precision="ieee")
+    b_dv += _dot(tl.trans(b_A), b_do)
     tl.store(dv + (t0 + o_t[:, None]) * H * V + i_h * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
