@@ -28,10 +28,23 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import autotune_configs, next_power_of_2
+from .._backend import autotune_configs, interpreter_active, next_power_of_2
 from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
 
 BT = 64  # chunk length
+
+# Triton's CPU interpreter (3.9) computes tl.dot on bf16 operands wrongly; under the interpreter the operands
+# are widened to fp32 first (exact for bf16/fp16 values). Compiled kernels multiply in the input dtype.
+_INTERPRETED = tl.constexpr(interpreter_active())
+
+
+@triton.jit
+def _mm(a, b):
+    """a @ b with an fp32 accumulator; fp32 operands multiply in full precision (no TF32)."""
+    if _INTERPRETED:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision="ieee")
 
 
 def _block(n: int) -> int:
@@ -68,7 +81,7 @@ def _wy_fwd_kernel(
     b_kb = (b_k.to(tl.float32) * b_b[:, None]).to(DT)  # diag(beta) K   [BT, BK]
 
     # N = -strict_tril(diag(beta) K K^T); (I - N)^{-1} = I + Y with Y_i = N_i + N_i Y (rows in order)
-    b_a = tl.dot(b_kb, tl.trans(b_k.to(DT)), input_precision="ieee")
+    b_a = _mm(b_kb, tl.trans(b_k.to(DT)))
     b_a = tl.where(o_t[:, None] > o_t[None, :], -b_a, 0.0)
     for i in range(1, BT):
         sel = o_t[:, None] == i
@@ -78,7 +91,7 @@ def _wy_fwd_kernel(
     b_a = b_a + tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)  # Ainv = I + Y   [BT, BT] fp32
 
     tl.store(ainv + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_a, mask=m_t[:, None])
-    b_w = tl.dot(b_a.to(DT), b_kb, input_precision="ieee")  # W = Ainv diag(beta) K
+    b_w = _mm(b_a.to(DT), b_kb)  # W = Ainv diag(beta) K
     tl.store(w + (rows[:, None] * H + i_h) * K + o_k[None, :], b_w.to(w.dtype.element_ty),
              mask=m_t[:, None] & m_k[None, :])
     for i_v in range(0, tl.cdiv(V, BV)):
@@ -86,7 +99,7 @@ def _wy_fwd_kernel(
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         b_v = tl.load(v + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
         b_vb = (b_v.to(tl.float32) * b_b[:, None]).to(DT)
-        b_u = tl.dot(b_a.to(DT), b_vb, input_precision="ieee")  # U = Ainv diag(beta) V
+        b_u = _mm(b_a.to(DT), b_vb)  # U = Ainv diag(beta) V
         tl.store(u + (rows[:, None] * H + i_h) * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_tv)
 
 
@@ -127,11 +140,11 @@ def _state_fwd_kernel(
         m_t = rows < eos
         b_w = tl.load(w + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_u = tl.load(u + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_vn = b_u.to(tl.float32) - tl.dot(b_w.to(DT), b_h.to(DT), input_precision="ieee")  # U - W S
+        b_vn = b_u.to(tl.float32) - _mm(b_w.to(DT), b_h.to(DT))  # U - W S
         tl.store(vnew + (rows[:, None] * H + i_h) * V + o_v[None, :], b_vn.to(vnew.dtype.element_ty),
                  mask=m_t[:, None] & m_v[None, :])
         b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
-        b_h += tl.dot(tl.trans(b_k.to(DT)), b_vn.to(DT), input_precision="ieee")  # S += K^T V_new
+        b_h += _mm(tl.trans(b_k.to(DT)), b_vn.to(DT))  # S += K^T V_new
     if STORE_HT:
         tl.store(ht + (i_n * H + i_h) * K * V + p_state, b_h, mask=m_kv)
 
@@ -167,13 +180,13 @@ def _output_fwd_kernel(
     b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
     b_q = (b_q.to(tl.float32) * scale).to(DT)
     b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
-    b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+    b_s = _mm(b_q, tl.trans(b_k))
     b_s = tl.where(o_t[:, None] >= o_t[None, :], b_s, 0.0)  # tril(Q K^T), diagonal kept
     b_h = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
                   mask=m_k[:, None] & m_v[None, :], other=0.0)
     b_vn = tl.load(vnew + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
-    b_o = tl.dot(b_q, b_h.to(DT), input_precision="ieee")
-    b_o += tl.dot(b_s.to(DT), b_vn.to(DT), input_precision="ieee")
+    b_o = _mm(b_q, b_h.to(DT))
+    b_o += _mm(b_s.to(DT), b_vn.to(DT))
     tl.store(o + (rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
@@ -220,15 +233,15 @@ def _state_bwd_kernel(
         b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
         b_w = tl.load(w + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
         b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision="ieee")
+        b_s = _mm(b_q, tl.trans(b_k))
         b_s = tl.where(o_t[:, None] >= o_t[None, :], b_s, 0.0)  # P = tril(Q K^T)
         # dV_new = P^T dO + K dS'
-        b_du = tl.dot(tl.trans(b_s.to(DT)), b_do, input_precision="ieee")
-        b_du += tl.dot(b_k, b_dh.to(DT), input_precision="ieee")
+        b_du = _mm(tl.trans(b_s.to(DT)), b_do)
+        b_du += _mm(b_k, b_dh.to(DT))
         tl.store(dvnew + (rows[:, None] * H + i_h) * V + o_v[None, :], b_du, mask=m_tv)
         # dS = dS' + Q^T dO - W^T dV_new
-        b_dh += tl.dot(tl.trans(b_q), b_do, input_precision="ieee")
-        b_dh -= tl.dot(tl.trans(b_w), b_du.to(DT), input_precision="ieee")
+        b_dh += _mm(tl.trans(b_q), b_do)
+        b_dh -= _mm(tl.trans(b_w), b_du.to(DT))
     if STORE_DH0:
         tl.store(dh0 + (i_n * H + i_h) * K * V + p_state, b_dh, mask=m_kv)
 
@@ -287,35 +300,35 @@ def _grads_bwd_kernel(
         b_du = tl.load(dvnew + p_tv, mask=m_tv, other=0.0).to(DT)
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
 
-        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision="ieee")
-        b_dp += tl.dot(b_do, tl.trans(b_vn), input_precision="ieee")
-        b_dk += tl.dot(b_vn, tl.trans(b_dh), input_precision="ieee")
-        b_dw -= tl.dot(b_du, tl.trans(b_h), input_precision="ieee")
+        b_dq += _mm(b_do, tl.trans(b_h))
+        b_dp += _mm(b_do, tl.trans(b_vn))
+        b_dk += _mm(b_vn, tl.trans(b_dh))
+        b_dw -= _mm(b_du, tl.trans(b_h))
         b_vb = (b_v * b_b[:, None]).to(DT)
-        b_dt += tl.dot(b_du, tl.trans(b_vb), input_precision="ieee")
-        b_dvb = tl.dot(b_at, b_du, input_precision="ieee")  # d(diag(b) V) = Ainv^T dU
+        b_dt += _mm(b_du, tl.trans(b_vb))
+        b_dvb = _mm(b_at, b_du)  # d(diag(b) V) = Ainv^T dU
         tl.store(dv + p_tv, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dvb * b_v, 1)
 
     b_dp = tl.where(causal, b_dp, 0.0)
-    b_dq += tl.dot(b_dp.to(DT), b_k, input_precision="ieee")
-    b_dk += tl.dot(tl.trans(b_dp.to(DT)), b_q, input_precision="ieee")
-    b_dkb = tl.dot(b_at, b_dw.to(DT), input_precision="ieee")  # d(diag(b) K) = Ainv^T dW
+    b_dq += _mm(b_dp.to(DT), b_k)
+    b_dk += _mm(tl.trans(b_dp.to(DT)), b_q)
+    b_dkb = _mm(b_at, b_dw.to(DT))  # d(diag(b) K) = Ainv^T dW
     b_kf = b_k.to(tl.float32)
     b_dk += b_dkb * b_b[:, None]
     b_db += tl.sum(b_dkb * b_kf, 1)
     b_kb = (b_kf * b_b[:, None]).to(DT)
-    b_dt += tl.dot(b_dw.to(DT), tl.trans(b_kb), input_precision="ieee")
+    b_dt += _mm(b_dw.to(DT), tl.trans(b_kb))
     # Ainv = (I + A)^{-1}  =>  dA = -Ainv^T dAinv Ainv^T, only the strictly lower part is a function of K, b
-    b_da = tl.dot(b_at, b_dt.to(DT), input_precision="ieee")
-    b_da = -tl.dot(b_da.to(DT), b_at, input_precision="ieee")
+    b_da = _mm(b_at, b_dt.to(DT))
+    b_da = -_mm(b_da.to(DT), b_at)
     b_da = tl.where(o_t[:, None] > o_t[None, :], b_da, 0.0)
     # A = strict_tril(diag(b) K K^T)
-    b_kk = tl.dot(b_k, tl.trans(b_k), input_precision="ieee")
+    b_kk = _mm(b_k, tl.trans(b_k))
     b_db += tl.sum(b_da * b_kk, 1)
     b_bda = (b_da * b_b[:, None]).to(DT)
-    b_dk += tl.dot(b_bda, b_k, input_precision="ieee")
-    b_dk += tl.dot(tl.trans(b_bda), b_k, input_precision="ieee")
+    b_dk += _mm(b_bda, b_k)
+    b_dk += _mm(tl.trans(b_bda), b_k)
 
     tl.store(dq + (rows[:, None] * H + i_h) * K + o_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
