@@ -1,0 +1,189 @@
+"""TransNormer's two mixers, NormAttention and DiagAttention, and the thin model classes.
+
+NormAttention (``norm_attention``): linear attention without the softmax denominator and without ``1/√d``,
+normalized afterwards:  ``O = RMSNorm(φ(Q) φ(K)ᵀ V)`` (causal: a running state ``S_t = λ S_{t-1} + φ(k_t) v_tᵀ``,
+λ = 1 unless ``use_decay``), optionally gated ``RMSNorm(O) · silu(W_g x)``. Kernel: ``seqzoo.kernels.linear_attention``.
+Generation keeps ``S`` ([B, H, D, D], fp32) in the cache.
+
+DiagAttention (``diag_attention``): softmax (or ReLA: ReLU, unnormalized) attention inside non-overlapping blocks
+of ``block_size`` tokens; block ``b`` holds the positions ``[b·w, (b+1)·w)`` of each sequence (positions count
+real tokens, so padding does not shift blocks). Kernel: ``seqzoo.kernels.block_attention``. Generation keeps the
+keys/values of the current, unfinished block in the cache ([B, w, H, D] buffers and a count per row).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...kernels import block_attention, linear_attention
+from ..base import RMSNorm, RotaryEmbedding, ZooForCausalLM, ZooForSequenceClassification, ZooModel, register_mixer
+from .configuration_transnormer import TransNormerConfig
+
+
+def feature_map(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "elu":
+        return F.elu(x)
+    if kind == "1+elu":
+        return 1.0 + F.elu(x)
+    return x  # "identity"
+
+
+def decay_rates(num_heads: int, layer_idx: int, num_layers: int, device=None) -> torch.Tensor:
+    """TransNormerLLM's fixed decay as ``log λ_h`` ([H]): ALiBi slopes ``2^{-8(h+1)/H}`` scaled by
+    ``1 - l/(L-1) + 1e-5``, so early layers forget fast and the last layer barely at all."""
+    h = torch.arange(num_heads, dtype=torch.float32, device=device)
+    slopes = torch.exp2(-8.0 * (h + 1) / num_heads)
+    depth = 1.0 - layer_idx / max(num_layers - 1, 1) + 1e-5
+    return -slopes * depth
+
+
+def _no_generation(config, cache, name):
+    if cache is not None and not config.causal:
+        raise ValueError(f"{name}: a bidirectional model (causal=False) cannot decode with a cache; use causal=True")
+
+
+@register_mixer("norm_attention")
+class NormAttention(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim = config.num_heads, config.resolved_head_dim
+        hidden, inner = config.hidden_size, config.num_heads * config.resolved_head_dim
+        self.q_proj = nn.Linear(hidden, inner, bias=False)
+        self.k_proj = nn.Linear(hidden, inner, bias=False)
+        self.v_proj = nn.Linear(hidden, inner, bias=False)
+        self.g_proj = nn.Linear(hidden, inner, bias=False) if config.use_output_gate else None
+        self.out_norm = RMSNorm(inner, eps=config.norm_eps)  # the "Norm" in NormAttention
+        self.o_proj = nn.Linear(inner, hidden, bias=False)
+
+    @staticmethod
+    def state_size(config) -> int:
+        return config.num_heads * config.resolved_head_dim**2  # S: [H, D, D]
+
+    def decay(self, device):
+        if not self.config.use_decay:
+            return None
+        return decay_rates(self.num_heads, self.layer_idx, self.config.num_hidden_layers, device)
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None, position_ids=None):
+        _no_generation(self.config, cache, "NormAttention")
+        if cache is not None and cu_seqlens is not None:
+            raise ValueError("NormAttention: cu_seqlens (packed sequences) cannot be combined with a cache")
+        B, T, _ = hidden_states.shape
+        shape = (B, T, self.num_heads, self.head_dim)
+        q = feature_map(self.q_proj(hidden_states), self.config.feature_map).view(shape)  # [B, T, H, D]
+        k = feature_map(self.k_proj(hidden_states), self.config.feature_map).view(shape)
+        v = self.v_proj(hidden_states).view(shape)
+        if attention_mask is not None:  # a pad token writes nothing into the state
+            keep = attention_mask[:, -T:, None, None].to(k.dtype)  # [B, T, 1, 1]
+            k, v = k * keep, v * keep
+        state = cache[self.layer_idx].get("state") if cache is not None else None
+        o, final = linear_attention(
+            q, k, v, decay=self.decay(q.device), scale=1.0, causal=self.config.causal, initial_state=state,
+            output_final_state=cache is not None, cu_seqlens=cu_seqlens,
+        )  # o: [B, T, H, D]
+        if cache is not None:
+            cache[self.layer_idx]["state"] = final  # [B, H, D, D] fp32
+        o = o.reshape(B, T, -1)
+        gate = self.g_proj(hidden_states) if self.g_proj is not None else None
+        return self.o_proj(self.out_norm(o, gate=gate))
+
+
+@register_mixer("diag_attention")
+class DiagAttention(nn.Module):
+    def __init__(self, config, layer_idx: int):
+        super().__init__()
+        self.config, self.layer_idx = config, layer_idx
+        self.num_heads, self.head_dim = config.num_heads, config.resolved_head_dim
+        self.block_size = config.block_size
+        hidden, inner = config.hidden_size, config.num_heads * config.resolved_head_dim
+        self.q_proj = nn.Linear(hidden, inner, bias=False)
+        self.k_proj = nn.Linear(hidden, inner, bias=False)
+        self.v_proj = nn.Linear(hidden, inner, bias=False)
+        self.o_proj = nn.Linear(inner, hidden, bias=False)
+        self.rotary = RotaryEmbedding(self.head_dim, theta=config.rope_theta) if config.diag_rotary else None
+
+    @staticmethod
+    def state_size(config) -> int:
+        return 2 * config.block_size * config.num_heads * config.resolved_head_dim  # k, v of one block
+
+    def _attend(self, q, k, v, cu_seqlens=None):
+        return block_attention(q, k, v, block_size=self.block_size, causal=self.config.causal,
+                               activation=self.config.diag_activation, cu_seqlens=cu_seqlens)
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None, position_ids=None):
+        _no_generation(self.config, cache, "DiagAttention")
+        if cache is not None and cu_seqlens is not None:
+            raise ValueError("DiagAttention: cu_seqlens (packed sequences) cannot be combined with a cache")
+        B, T, _ = hidden_states.shape
+        shape = (B, T, self.num_heads, self.head_dim)
+        q = self.q_proj(hidden_states).view(shape)  # [B, T, H, D]
+        k = self.k_proj(hidden_states).view(shape)
+        v = self.v_proj(hidden_states).view(shape)
+        if self.rotary is not None:
+            if position_ids is None:
+                offset = cache.seen_tokens if cache is not None else 0
+                position_ids = (offset + torch.arange(T, device=q.device))[None].expand(B, T)
+            q, k = self.rotary(q, k, position_ids)
+        if cache is not None:
+            o = self._step(q, k, v, attention_mask, cache[self.layer_idx])
+        elif attention_mask is not None:
+            o = self._padded(q, k, v, attention_mask[:, -T:])
+        else:
+            o = self._attend(q, k, v, cu_seqlens)  # [B, T, H, D]
+        return self.o_proj(o.reshape(B, T, -1))
+
+    def _padded(self, q, k, v, mask):
+        """Padding (left or right): pack each row's real tokens as one sequence, so blocks start at its first
+        real token, exactly as without padding."""
+        real = mask.bool()  # [B, T]
+        o = q.new_zeros(q.shape[:3] + (v.shape[-1],))
+        if not bool(real.any()):
+            return o
+        lens = real.sum(1)
+        cu = torch.cat([lens.new_zeros(1), lens.cumsum(0)]).to(torch.int32)
+        o[real] = self._attend(q[real][None], k[real][None], v[real][None], cu)[0]  # packed [1, N, H, D]
+        return o
+
+    def _step(self, q, k, v, attention_mask, state):
+        """With a cache: the buffered keys/values of each row's unfinished block go in front of its new tokens,
+        so the row's piece starts at a block boundary; the new unfinished block is buffered for the next call."""
+        B, T, H, D = q.shape
+        w = self.block_size
+        if "k" not in state:
+            state["k"] = k.new_zeros(B, w, H, D)  # [B, w, H, D], the first n[b] rows are used
+            state["v"] = v.new_zeros(B, w, H, v.shape[-1])
+            state["n"] = torch.zeros(B, dtype=torch.long, device=q.device)
+        real = (attention_mask[:, -T:].bool() if attention_mask is not None
+                else torch.ones(B, T, dtype=torch.bool, device=q.device))
+        o = q.new_zeros(B, T, H, v.shape[-1])
+        new_k, new_v = torch.zeros_like(state["k"]), torch.zeros_like(state["v"])
+        new_n = torch.zeros_like(state["n"])
+        for b in range(B):
+            n = int(state["n"][b])
+            kb = torch.cat([state["k"][b, :n].to(k.dtype), k[b][real[b]]])  # [n + r, H, D]
+            vb = torch.cat([state["v"][b, :n].to(v.dtype), v[b][real[b]]])
+            r = kb.shape[0] - n
+            if r > 0:
+                qb = torch.cat([q.new_zeros(n, H, D), q[b][real[b]]])  # buffered rows' outputs are dropped
+                o[b][real[b]] = self._attend(qb[None], kb[None], vb[None])[0, n:]
+            keep = kb.shape[0] % w  # tokens of the block that is still open
+            new_k[b, :keep] = kb[kb.shape[0] - keep:]
+            new_v[b, :keep] = vb[vb.shape[0] - keep:]
+            new_n[b] = keep
+        state["k"], state["v"], state["n"] = new_k, new_v, new_n
+        return o
+
+
+class TransNormerModel(ZooModel):
+    config_class = TransNormerConfig
+
+
+class TransNormerForCausalLM(ZooForCausalLM):
+    config_class = TransNormerConfig
+
+
+class TransNormerForSequenceClassification(ZooForSequenceClassification):
+    config_class = TransNormerConfig
