@@ -456,7 +456,8 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
         from .eval.evaluate import eval_loader, evaluate
 
         loader = eval_loader(task, ds, ec.batch_size, accelerator.process_index, accelerator.num_processes)
-        return evaluate(unwrapped, task, loader, device=accelerator.device, max_batches=max_batches,
+        # the wrapped model: under FSDP only it holds whole parameters; every process runs the same batches
+        return evaluate(model, task, loader, device=accelerator.device, max_batches=max_batches,
                         autocast_dtype=autocast_dtype, reduce=lambda t: accelerator.reduce(t, "sum"))
 
     def write_record(record: dict) -> None:
@@ -581,12 +582,13 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
     # ---- final model, test metrics, plot, summary ---------------------------------------------------------
     accelerator.wait_for_everyone()
     final_dir = out / "final"
+    full_state = accelerator.get_state_dict(model)  # collective under FSDP: gathers the full weights
     if main_proc:
         tmp = out / ".tmp-final"
         if tmp.exists():
             shutil.rmtree(tmp)
         with _quiet_transformers():
-            unwrapped.save_pretrained(str(tmp), safe_serialization=True)
+            unwrapped.save_pretrained(str(tmp), state_dict=full_state, safe_serialization=True)
         tok = task.tokenizer()
         if tok is not None:
             tok.save_pretrained(str(tmp))

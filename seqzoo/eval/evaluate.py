@@ -1,23 +1,45 @@
 """Run a model over one split of a task and compute the task's metrics (used by the trainer and the eval CLI).
 
-Each process evaluates a disjoint slice of the split (examples ``rank, rank + world, ...``), so nothing is
-counted twice; the metric sums are then added up across processes. The model must be the *unwrapped* model
-(no DDP wrapper), so that processes with different numbers of batches never wait on each other inside forward.
+Each process evaluates a disjoint slice of the split (examples ``rank, rank + world, ...``, padded with
+label-less copies to equal length), so nothing is counted twice and every process runs the same number of
+forward passes (a DDP/FSDP-wrapped model may synchronize inside forward); the metric sums are then added up
+across processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from .base import Task
+from .base import IGNORE_INDEX, Task
+
+
+class _PaddedShard(torch.utils.data.Dataset):
+    """Examples ``rank, rank + world, ...`` of ``dataset``, padded to ``length`` with a copy of an example whose
+    labels are all -100 (it counts in no metric), so every process runs the same number of batches."""
+
+    def __init__(self, dataset, rank: int, world: int, length: int):
+        self.dataset, self.indices, self.length = dataset, list(range(rank, len(dataset), world)), length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        if i < len(self.indices):
+            return self.dataset[self.indices[i]]
+        ex = dict(self.dataset[0])
+        ex["labels"] = torch.full_like(torch.as_tensor(ex["labels"]), IGNORE_INDEX)
+        return ex
 
 
 def eval_loader(task: Task, dataset, batch_size: int, rank: int = 0, world: int = 1) -> DataLoader:
+    """A loader over this process's share of ``dataset``: every example is scored by exactly one process, and
+    all processes get the same number of batches (so a DDP/FSDP-wrapped model can run in lockstep)."""
     if world > 1:
-        dataset = Subset(dataset, list(range(rank, len(dataset), world)))
+        dataset = _PaddedShard(dataset, rank, world, math.ceil(len(dataset) / world))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=task.collate)
 
 
