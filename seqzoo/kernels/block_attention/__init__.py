@@ -44,7 +44,7 @@ def block_attention(
 
     Args:
         q, k: ``[B, T, H, D]``; v: ``[B, T, H, Dv]``; fp32, bf16 or fp16 (one dtype); any T ≥ 1.
-        block_size: w ≥ 1 (Triton backend: w ≤ 2048... any; tiles of ≤ 64 rows are used).
+        block_size: w ≥ 1, need not divide T (the last block is shorter).
         scale: defaults to ``D ** -0.5``.
         cu_seqlens: optional ``[N + 1]`` offsets of packed sequences (B = 1); blocks restart at every
             sequence start, so the result equals running each sequence alone.
