@@ -412,8 +412,8 @@ def _check_train(train: TrainConfig, eval_: EvalConfig) -> None:
     positive("eval.max_batches", eval_.max_batches, allow_none=True)
     if train.weight_decay < 0:
         raise ConfigError(f"train.weight_decay: expected >= 0, got {train.weight_decay}")
-    if train.warmup_steps < 0 or train.warmup_steps >= train.max_steps:
-        raise ConfigError(f"train.warmup_steps: expected 0 <= warmup_steps < train.max_steps "
+    if train.warmup_steps < 0 or train.warmup_steps > train.max_steps:
+        raise ConfigError(f"train.warmup_steps: expected 0 <= warmup_steps <= train.max_steps "
                           f"({train.max_steps}), got {train.warmup_steps}")
     if not 0.0 <= train.min_lr_ratio <= 1.0:
         raise ConfigError(f"train.min_lr_ratio: expected a number in [0, 1], got {train.min_lr_ratio}")

@@ -380,6 +380,9 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
     trackers = resolve_trackers(cfg)
 
     accelerator = Accelerator(
+        # without a GPU, run on CPU explicitly: under torchrun / accelerate launch --multi_gpu this makes
+        # Accelerate use gloo (MULTI_CPU) instead of starting independent single-process runs
+        cpu=not torch.cuda.is_available(),
         mixed_precision=mixed_precision_for(tc.precision),
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
@@ -505,9 +508,11 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
     def micro_batches():
         nonlocal epoch, skip
         while True:
-            sampler.set_epoch(epoch)
             loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
             skip = 0
+            # Accelerate's loader re-sets its sampler's epoch from its own counter when iterated: set both
+            loader.set_epoch(epoch)
+            sampler.set_epoch(epoch)
             yield from loader
             epoch += 1
 
@@ -659,8 +664,78 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def requested_cpu_processes() -> int:
+    """How many processes ``accelerate launch --cpu --num_processes N`` asked for, when it started only this one.
+
+    Accelerate's CPU multi-process launcher is ``mpirun`` (``--mpirun_hostfile``); without it, ``--cpu`` with
+    ``--num_processes N`` runs the script once, with ``ACCELERATE_USE_CPU`` and ``MASTER_ADDR`` set but no
+    rank variables, and the job would silently train on one process. Returns N in exactly that situation (N
+    read from the launcher's command line, or from its Accelerate config file), else 1."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes"):
+        return 1
+    if "MASTER_ADDR" not in env or any(k in env for k in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "PMI_SIZE",
+                                                            "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
+        return 1
+    try:
+        args = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return 1
+    if not any("accelerate" in a for a in args):
+        return 1
+    value, config_file = None, None
+    for i, a in enumerate(args):
+        for flag in ("--num_processes", "--num-processes", "--config_file", "--config-file"):
+            if a == flag and i + 1 < len(args):
+                v = args[i + 1]
+            elif a.startswith(flag + "="):
+                v = a.split("=", 1)[1]
+            else:
+                continue
+            if "num" in flag:
+                value = v
+            else:
+                config_file = v
+    if value is None:
+        import yaml
+
+        from accelerate.commands.config import default_config_file
+
+        path = Path(config_file or default_config_file)
+        try:
+            value = (yaml.safe_load(path.read_text()) or {}).get("num_processes")
+        except (OSError, yaml.YAMLError):
+            value = None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return 1
+    return n if n > 1 else 1
+
+
+def spawn_cpu_processes(n: int, argv: list[str]) -> int:
+    """Run this training command on ``n`` CPU processes (gloo) through ``torch.distributed.run``."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(n),
+           "--master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1"),
+           "--master_port", os.environ.get("MASTER_PORT", "29500"), "-m", "seqzoo.trainer", *argv]
+    print(f"seqzoo: accelerate launch --cpu asked for {n} processes; starting them with torch.distributed.run "
+          f"(gloo)", flush=True)
+    return subprocess.run(cmd, env=dict(os.environ)).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    n = requested_cpu_processes()
+    if n > 1:
+        try:
+            load_config(args.config, args.overrides)  # a bad config fails here, once, not in every worker
+        except ConfigError as e:
+            print(f"seqzoo-train: error: {e}", file=sys.stderr)
+            return 2
+        return spawn_cpu_processes(n, argv)
     try:
         cfg = load_config(args.config, args.overrides)
         result = train(cfg)
