@@ -308,7 +308,8 @@ def build_model(cfg: RunConfig, config, task):
     if "pretrained" in cfg.model:
         fields = {k: v for k, v in cfg.model.items() if k not in ("model_type", "pretrained")}
         extra = {"num_labels": task.num_labels} if task.head == "classification" else {}
-        return auto.from_pretrained(cfg.model["pretrained"], **fields, **extra)
+        with _quiet_transformers():
+            return auto.from_pretrained(cfg.model["pretrained"], **fields, **extra)
     return auto.from_config(config)
 
 

@@ -98,11 +98,22 @@ def test_short_run_lowers_the_loss_and_writes_everything(trained_run):
     assert (out / "final" / "model.safetensors").is_file()
 
 
-def test_keep_last_k_checkpoints(tmp_path, cache_dir):
+def test_keep_last_k_checkpoints_and_tensorboard(tmp_path, cache_dir):
     out = tmp_path / "out"
-    train(resolve(tiny_config(out, cache_dir, train={"max_steps": 9, "checkpoint_every": 2, "keep_checkpoints": 2},
-                              eval={"every_steps": None})))
+    train(resolve(tiny_config(out, cache_dir, train={"max_steps": 9, "checkpoint_every": 2, "keep_checkpoints": 2,
+                                                     "report_to": ["tensorboard"]}, eval={"every_steps": None})))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000006", "step_00000008"]
+    assert list((out / "logs").rglob("events.out.tfevents*"))  # the TensorBoard tracker wrote its events
+
+
+def test_wandb_asked_for_but_missing(tmp_path, cache_dir):
+    from accelerate.utils import is_wandb_available
+
+    if is_wandb_available():  # then it is a valid choice; nothing to check offline
+        return
+    with pytest.raises(ConfigError, match="train.report_to: 'wandb' asked for but the wandb package is not"):
+        train(resolve(tiny_config(tmp_path / "w", cache_dir, train={"report_to": ["wandb"]})))
+    assert not (tmp_path / "w").exists()
 
 
 class Killed(Exception):

@@ -127,7 +127,10 @@ def run(args, overrides: dict) -> dict:
 
     config = transformers.AutoConfig.from_pretrained(str(model_dir))
     task.check_model_config(config, where="the model's config")
-    model = task.auto_model_class().from_pretrained(str(model_dir)).to(device)
+    from ..trainer import _quiet_transformers
+
+    with _quiet_transformers():
+        model = task.auto_model_class().from_pretrained(str(model_dir)).to(device)
     t0 = time.time()
     ds = task.dataset(args.split)
     loader = eval_loader(task, ds, args.batch_size)
