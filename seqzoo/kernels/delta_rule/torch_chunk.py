@@ -54,14 +54,15 @@ def unit_lower_inverse(a: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
     return x
 
 
-def _chunked(q, k, v, beta, state, chunk: int):
+def _chunked(q, k, v, beta, state, chunk: int, scale: float):
     """Dense fp32 inputs, T a multiple of ``chunk``: q, k [B, T, H, K]; v [B, T, H, V]; beta [B, T, H];
     state [B, H, K, V]. Returns o [B, T, H, V] and the final state [B, H, K, V]."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     n = T // chunk
     # [B, T, H, D] -> [B, H, n, C, D], contiguous so that every per-chunk slice is a dense matrix
-    q, k, v = (x.transpose(1, 2).reshape(B, H, n, chunk, x.shape[-1]) for x in (q, k, v))
+    q = (q.transpose(1, 2) * scale).reshape(B, H, n, chunk, K)  # scaled queries
+    k, v = (x.transpose(1, 2).reshape(B, H, n, chunk, x.shape[-1]) for x in (k, v))
     beta = beta.transpose(1, 2).reshape(B, H, n, chunk, 1)  # [B, H, n, C, 1]
 
     strict = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril(-1)
@@ -72,14 +73,18 @@ def _chunked(q, k, v, beta, state, chunk: int):
     w, u = t_inv @ kb, t_inv @ (v * beta)  # W [.., C, K], U [.., C, V]
     kt = k.transpose(-1, -2).contiguous()  # K^T                          [B, H, n, K, C]
 
+    BH = B * H  # flatten (batch, head) so each step is one baddbmm over all heads
+    w_, u_, kt_ = w.reshape(BH, n, chunk, K), u.reshape(BH, n, chunk, V), kt.reshape(BH, n, K, chunk)
+    s = state.reshape(BH, K, V)
     states, news = [], []
-    for i in range(n):  # the only sequential part: carry S across chunks (3 small matmul-shaped ops)
-        states.append(state)  # S entering chunk i                        [B, H, K, V]
-        v_new = u[:, :, i] - w[:, :, i] @ state  # U - W S                    [B, H, C, V]
+    for i in range(n):  # the only sequential part: carry S across chunks (2 small matmul-shaped ops)
+        states.append(s)  # S entering chunk i                            [BH, K, V]
+        v_new = torch.baddbmm(u_[:, i], w_[:, i], s, alpha=-1.0)  # U - W S  [BH, C, V]
         news.append(v_new)
-        state = state + kt[:, :, i] @ v_new  # S + K^T V_new                   [B, H, K, V]
-    s_in = torch.stack(states, dim=2)  # [B, H, n, K, V]
-    v_new = torch.stack(news, dim=2)  # [B, H, n, C, V]
+        s = torch.baddbmm(s, kt_[:, i], v_new)  # S + K^T V_new              [BH, K, V]
+    state = s.reshape(B, H, K, V)
+    s_in = torch.stack(states, dim=1).reshape(B, H, n, K, V)  # S entering each chunk
+    v_new = torch.stack(news, dim=1).reshape(B, H, n, chunk, V)
     attn = (q @ kt).masked_fill(~causal, 0.0)  # tril(Q K^T)              [B, H, n, C, C]
     o = q @ s_in + attn @ v_new  # Q S + tril(Q K^T) V_new                  [B, H, n, C, V]
     o = o.reshape(B, H, T, V).transpose(1, 2)  # [B, T, H, V]
@@ -91,7 +96,7 @@ def delta_rule_torch(q, k, v, beta, scale, initial_state=None, cu_seqlens=None, 
     B, T, H, K = q.shape
     V = v.shape[-1]
     out_dtype = v.dtype
-    qf, kf, vf, bf = q.float() * scale, k.float(), v.float(), beta.float()
+    qf, kf, vf, bf = q.float(), k.float(), v.float(), beta.float()
     if cu_seqlens is not None:
         # packed [1, T, ...] -> padded [N, L, ...]; zero keys and zero beta leave the state unchanged
         qf, kf, vf, bf = (unpack_varlen(x, cu_seqlens, multiple=chunk) for x in (qf, kf, vf, bf))
@@ -102,7 +107,7 @@ def delta_rule_torch(q, k, v, beta, scale, initial_state=None, cu_seqlens=None, 
         state = qf.new_zeros(N, H, K, V)
     else:
         state = initial_state.float()
-    o, final = _chunked(qf, kf, vf, bf, state, chunk)
+    o, final = _chunked(qf, kf, vf, bf, state, chunk, scale)
     if cu_seqlens is not None:
         o = pack_varlen(o, cu_seqlens)
     else:
