@@ -389,6 +389,11 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     main_proc = accelerator.is_main_process
+    per_step = tc.batch_size * accelerator.num_processes
+    n_train = task.split_size("train")
+    if n_train is not None and n_train < per_step:
+        raise ConfigError(f"train.batch_size: {tc.batch_size} x {accelerator.num_processes} process(es) needs at "
+                          f"least {per_step} training examples, the task has {n_train}")
     resume_from = None
     if tc.resume:
         ckpts = list_checkpoints(out)
@@ -416,7 +421,6 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
         train_ds = task.dataset("train")
         valid_ds = task.dataset("valid")
         test_ds = task.dataset("test")
-    per_step = tc.batch_size * accelerator.num_processes
     if len(train_ds) < per_step:
         raise ConfigError(f"train.batch_size: {tc.batch_size} x {accelerator.num_processes} process(es) needs at "
                           f"least {per_step} training examples, the task has {len(train_ds)}")

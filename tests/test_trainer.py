@@ -251,6 +251,8 @@ def test_overrides_are_type_checked(tmp_path):
     (["train.warmup_steps=31"], r"train.warmup_steps: expected 0 <= warmup_steps <= train.max_steps \(30\)"),
     (["train.report_to=[mlflow]"], r"train.report_to"),
     (["train.lr"], r"expected section.field=value"),
+    (["train.batch_size=512"], r"train.batch_size: 512 x 1 process\(es\) needs at least 512 training examples, "
+                               r"the task has 256"),
     (["model.pretrained=/no/such/dir"], r"model.pretrained: '/no/such/dir' is not a directory"),
 ])
 def test_bad_configs_are_clear_errors_and_touch_nothing(tmp_path, cache_dir, capsys, overrides, message):

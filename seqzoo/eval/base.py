@@ -103,6 +103,11 @@ class Task(abc.ABC):
         """The settings that determine ``split``'s data (the cache key). Default: all of them."""
         return dataclasses.asdict(self.settings)
 
+    def split_size(self, split: str) -> int | None:
+        """The number of examples of ``split`` when known without generating it (checked before a run writes
+        anything); None when unknown."""
+        return None
+
     @property
     def num_labels(self) -> int | None:
         """Classification tasks: the number of classes."""

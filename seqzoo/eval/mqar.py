@@ -170,6 +170,9 @@ class MQARTask(Task):
     def num_examples(self, split: str) -> int:
         return getattr(self.settings, f"num_{split}")
 
+    def split_size(self, split: str) -> int:
+        return self.num_examples(split)
+
     def split_params(self, split: str) -> dict:
         s = self.settings
         return {"vocab_size": s.vocab_size, "seq_len": s.seq_len, "num_kv_pairs": s.num_kv_pairs,
