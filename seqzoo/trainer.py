@@ -379,6 +379,8 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
     model_config = build_model_config(cfg, task)
     check_output_dir(cfg)
     trackers = resolve_trackers(cfg)
+    if tc.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.precision: fp16 autocast needs a GPU; use fp32 or bf16 on CPU")
 
     accelerator = Accelerator(
         # without a GPU, run on CPU explicitly: under torchrun / accelerate launch --multi_gpu this makes
@@ -399,6 +401,10 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
         ckpts = list_checkpoints(out)
         if ckpts:
             resume_from = ckpts[-1]
+            saved_procs = len(list(resume_from.glob("random_states_*.pkl")))
+            if saved_procs and saved_procs != accelerator.num_processes:
+                raise ConfigError(f"train.resume: {resume_from} was written by {saved_procs} process(es), this "
+                                  f"run has {accelerator.num_processes}; resume with the same number of processes")
         elif main_proc:
             print(f"seqzoo: train.resume=true but {out} has no checkpoint; starting from step 0", flush=True)
     if main_proc:

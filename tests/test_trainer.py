@@ -330,6 +330,8 @@ def test_eval_cli_round_trip(trained_run, tmp_path, capsys):
     assert "task.seq_len: expected an even length" in capsys.readouterr().err
     assert eval_main(["--model", str(src), "--task.vocab_size=128"]) == 2
     assert "vocab_size" in capsys.readouterr().err
+    assert eval_main(["--model", str(src), "--task", "nope"]) == 2
+    assert "--task: unknown task 'nope'; known tasks: " in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_main(["--model", str(src), "--bogus"])
 

@@ -28,11 +28,11 @@ def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def get_task_class(name: str) -> type[Task]:
+def get_task_class(name: str, where: str = "task.name") -> type[Task]:
     from ..config import ConfigError
 
     if name not in _TASKS:
-        raise ConfigError(f"task.name: unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
+        raise ConfigError(f"{where}: unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
     return _TASKS[name]
 
 

@@ -100,7 +100,7 @@ def run(args, overrides: dict) -> dict:
 
         raise ConfigError(f"--task: {str(model_dir)!r} has no saved task settings (seqzoo_task.json); name the task "
                           f"with --task (one of {', '.join(list_tasks())})")
-    task_cls = get_task_class(name)
+    task_cls = get_task_class(name, where="--task")
     settings = {}
     if saved and saved.get("name") == name:
         known = {f.name for f in dataclasses.fields(task_cls.Settings)}
