@@ -132,28 +132,31 @@ def test_low_precision(backend, dtype, device, triton_device, nan_empty):
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("T,decay,cu", [(1, True, None), (20, False, None), (30, True, [0, 7, 7, 30])])
-def test_recurrent_kernel(T, decay, cu, triton_device, nan_empty):
-    """The decode kernel directly (forward only), against the reference."""
-    from seqzoo.kernels.linear_attention.triton_recurrent import linear_attention_recurrent
+@pytest.mark.parametrize("T,decay,cu,V", [(1, True, None, 40), (20, False, None, 40), (30, True, [0, 7, 7, 30], 200)])
+def test_recurrent_kernel(T, decay, cu, V, triton_device, nan_empty):
+    """The recurrent (decode) kernels directly, forward and backward, against the reference."""
+    from seqzoo.kernels.linear_attention.triton_recurrent import linear_attention_recurrent_autograd
 
     dev = triton_device
     B = 2 if cu is None else 1
     N = B if cu is None else len(cu) - 1
-    H, K, V = 2, 60, 40
+    H, K = 2, 60
     x = _inputs(B, T, H, K, V, N, torch.float32, dev)
     g = torch.tensor([-0.3, -0.05], device=dev) if decay else None
     cu_t = None if cu is None else torch.tensor(cu, dtype=torch.int32, device=dev)
-    o, ht = linear_attention_recurrent(x["q"], x["k"], x["v"], g, 0.5, x["initial_state"], True, cu_t)
-    ref_o, ref_ht = linear_attention_reference(x["q"], x["k"], x["v"], decay=g, scale=0.5,
-                                               initial_state=x["initial_state"], output_final_state=True,
-                                               cu_seqlens=cu_t)
-    assert_all_close("recurrent", [o, ht], [ref_o, ref_ht], {}, {}, 1e-5)
-    # the public function takes this path for short inputs without autograd
+    gos = _grads_out((B, T, H, V), (N, H, K, V), dev)
+
+    def recurrent(q, k, v, initial_state):
+        return linear_attention_recurrent_autograd(q, k, v, g, 0.5, initial_state, True, cu_t)
+
+    out, grads = forward_backward(recurrent, x, gos)
+    kw = dict(decay=g, scale=0.5, output_final_state=True, cu_seqlens=cu_t)
+    ref_out, ref_grads = _reference(x, gos, **kw)
+    assert_all_close("recurrent", out, ref_out, grads, ref_grads, 1e-5)
+    # the public function takes the forward kernel for short inputs without autograd
     with torch.no_grad():
-        o2, ht2 = linear_attention(x["q"], x["k"], x["v"], decay=g, scale=0.5, initial_state=x["initial_state"],
-                                   output_final_state=True, cu_seqlens=cu_t, backend="triton")
-    assert_all_close("recurrent via public fn", [o2, ht2], [ref_o, ref_ht], {}, {}, 1e-5)
+        o2, ht2 = linear_attention(x["q"], x["k"], x["v"], initial_state=x["initial_state"], backend="triton", **kw)
+    assert_all_close("recurrent via public fn", [o2, ht2], ref_out, {}, {}, 1e-5)
 
 
 def test_chunked_prefix_then_steps_equals_full(device):
