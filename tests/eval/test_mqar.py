@@ -162,3 +162,23 @@ def test_cache_reused_and_keyed_by_settings(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 2
     monkeypatch.setattr(type(task), "generate", boom)
     get_task("mqar", {**settings, "num_train": 99}, cache_dir=tmp_path).dataset("test")
+
+
+# Output of Zoology's own generator (HazyResearch/zoology, zoology/data/multiquery_ar.py at commit d88d6f5) for
+# vocab_size=64, input_seq_len=16, num_kv_pairs=2, power_a=0.01, num_examples=3, seed=7, with torch's global
+# generator also seeded with 7 (Zoology draws the filler from it). Its labels are pre-shifted (target at the
+# query key's own position); ours are the same targets one position later (the HF loss shifts them back).
+ZOOLOGY_INPUTS = [[3, 53, 19, 32, 3, 19, 23, 39, 19, 57, 14, 23, 8, 25, 46, 42],
+                  [31, 43, 18, 56, 18, 48, 31, 7, 44, 0, 11, 55, 58, 6, 19, 60],
+                  [19, 49, 23, 48, 23, 55, 19, 48, 59, 61, 0, 34, 56, 9, 14, 38]]
+ZOOLOGY_TARGETS = {0: {4: 53, 8: 32}, 1: {4: 56, 6: 43}, 2: {4: 48, 6: 49}}  # row: {position: value}
+
+
+def test_matches_zoology_output():
+    inputs, labels = multiquery_ar(vocab_size=64, seq_len=16, num_kv_pairs=2, num_examples=3, seed=7)
+    assert inputs.tolist() == ZOOLOGY_INPUTS
+    for row, targets in ZOOLOGY_TARGETS.items():
+        expect = [IGNORE_INDEX] * 16
+        for pos, value in targets.items():
+            expect[pos + 1] = value
+        assert labels[row].tolist() == expect
