@@ -303,3 +303,21 @@ def test_torch_and_reference_differ_from_plain_linear_attention(device):
     q, k, v = inputs["q"][0, :, 0] * 8**-0.5, inputs["k"][0, :, 0], inputs["v"][0, :, 0]
     plain = torch.tril(q @ k.T) @ v
     assert rel_err(o[0, :, 0], plain) > 1e-2
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_hopper():
+    """Without a GPU: compile every kernel for sm_90 (bf16, K = V = 128 and the K = 256 tiling; fp16, 60)."""
+    import os
+    import subprocess
+    import sys
+
+    from seqzoo.kernels._backend import triton_available
+
+    if not triton_available():
+        pytest.fail("triton is not importable")
+    script = os.path.join(os.path.dirname(__file__), "compile_delta_rule_sm90.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, script, "bf16", "128", "bf16", "256", "fp16", "60"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]

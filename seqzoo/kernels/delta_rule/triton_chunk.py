@@ -31,7 +31,11 @@ import triton.language as tl
 from .._backend import autotune_configs, interpreter_active, next_power_of_2
 from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
 
-BT = 64  # chunk length
+BT = 64  # chunk length for head dims up to 128; 32 above (keeps the [BT, K] fp32 tiles within shared memory)
+
+
+def chunk_size(K: int) -> int:
+    return BT if _block(K) <= 128 else BT // 2
 
 # Triton's CPU interpreter (3.9) computes tl.dot on bf16 operands wrongly; under the interpreter the operands
 # are widened to fp32 first (exact for bf16/fp16 values). Compiled kernels multiply in the input dtype.
@@ -43,8 +47,10 @@ def _mm(a, b):
     """a @ b with an fp32 accumulator; fp32 operands multiply in full precision (no TF32)."""
     if _INTERPRETED:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
+    elif a.dtype == tl.float32:
         return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
 
 
 def _block(n: int) -> int:
@@ -121,7 +127,7 @@ def _state_fwd_kernel(
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     c0 = tl.load(chunk_off + i_n).to(tl.int64)
-    nt = tl.cdiv(eos - bos, BT)
+    nt = tl.cdiv(eos - bos, BT).to(tl.int32)
     DT = k.dtype.element_ty
 
     o_t = tl.arange(0, BT)
@@ -208,7 +214,7 @@ def _state_bwd_kernel(
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     c0 = tl.load(chunk_off + i_n).to(tl.int64)
-    nt = tl.cdiv(eos - bos, BT)
+    nt = tl.cdiv(eos - bos, BT).to(tl.int32)
     DT = k.dtype.element_ty
 
     o_t = tl.arange(0, BT)
@@ -342,23 +348,24 @@ def _grads_bwd_kernel(
 
 def _dims(k, v):
     K, V = k.shape[-1], v.shape[-1]
-    return K, V, _block(K), min(_block(V), 64)
+    BK = _block(K)
+    return K, V, BK, min(_block(V), 64 if BK <= 128 else 32)
 
 
-def _wy_fwd(k, v, beta, cu_seqlens, cidx):
+def _wy_fwd(k, v, beta, cu_seqlens, cidx, bt):
     """k [T, H, K], v [T, H, V], beta [T, H] -> Ainv [T, H, BT] fp32, W [T, H, K], U [T, H, V]."""
     T, H, K = k.shape
     V = v.shape[-1]
     _, _, BK, BV = _dims(k, v)
-    ainv = k.new_empty(T, H, BT, dtype=torch.float32)
+    ainv = k.new_empty(T, H, bt, dtype=torch.float32)
     w = torch.empty_like(k)
     u = torch.empty_like(v)
     _wy_fwd_kernel[(cidx.shape[0], H)](k, v, beta, ainv, w, u, cu_seqlens, cidx,
-                                       H=H, K=K, V=V, BT=BT, BK=BK, BV=BV)
+                                       H=H, K=K, V=V, BT=bt, BK=BK, BV=BV)
     return ainv, w, u
 
 
-def _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht):
+def _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht, bt):
     """-> h [NC, H, K, V] fp32 (state entering each chunk), V_new [T, H, V], final state [N, H, K, V] fp32."""
     T, H, K = k.shape
     V = u.shape[-1]
@@ -372,22 +379,22 @@ def _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht):
         return (triton.cdiv(V, meta["BV"]), N * H)
 
     _state_fwd_kernel[grid](k, w, u, h0 if h0 is not None else k, h, vnew, ht if ht is not None else k,
-                            cu_seqlens, coff, H=H, K=K, V=V, BT=BT, BK=BK,
+                            cu_seqlens, coff, H=H, K=K, V=V, BT=bt, BK=BK,
                             USE_H0=h0 is not None, STORE_HT=store_ht)
     return h, vnew, ht
 
 
-def _output_fwd(q, k, vnew, h, scale, cu_seqlens, cidx):
+def _output_fwd(q, k, vnew, h, scale, cu_seqlens, cidx, bt):
     T, H, K = q.shape
     V = vnew.shape[-1]
     _, _, BK, BV = _dims(k, vnew)
     o = torch.empty_like(vnew)
     _output_fwd_kernel[(triton.cdiv(V, BV), cidx.shape[0], H)](q, k, vnew, h, o, scale, cu_seqlens, cidx,
-                                                                 H=H, K=K, V=V, BT=BT, BK=BK, BV=BV)
+                                                                 H=H, K=K, V=V, BT=bt, BK=BK, BV=BV)
     return o
 
 
-def _state_bwd(q, k, w, do, dht, scale, cu_seqlens, coff, num_chunks, store_dh0):
+def _state_bwd(q, k, w, do, dht, scale, cu_seqlens, coff, num_chunks, store_dh0, bt):
     """-> dh [NC, H, K, V] fp32 (grad of the state leaving each chunk), dV_new [T, H, V] fp32, dh0."""
     T, H, K = q.shape
     V = do.shape[-1]
@@ -402,18 +409,18 @@ def _state_bwd(q, k, w, do, dht, scale, cu_seqlens, coff, num_chunks, store_dh0)
 
     _state_bwd_kernel[grid](q, k, w, do, dht if dht is not None else q, dh, dvnew,
                             dh0 if dh0 is not None else q, scale, cu_seqlens, coff,
-                            H=H, K=K, V=V, BT=BT, BK=BK, USE_DHT=dht is not None, STORE_DH0=store_dh0)
+                            H=H, K=K, V=V, BT=bt, BK=BK, USE_DHT=dht is not None, STORE_DH0=store_dh0)
     return dh, dvnew, dh0
 
 
-def _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, cu_seqlens, cidx):
+def _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, cu_seqlens, cidx, bt):
     T, H, K = q.shape
     V = v.shape[-1]
     _, _, BK, BV = _dims(k, v)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
     _grads_bwd_kernel[(cidx.shape[0], H)](q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta,
-                                          scale, cu_seqlens, cidx, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV)
+                                          scale, cu_seqlens, cidx, H=H, K=K, V=V, BT=bt, BK=BK, BV=BV)
     return dq, dk, dv, dbeta
 
 
@@ -421,32 +428,32 @@ class DeltaRuleChunkFunction(torch.autograd.Function):
     """Packed inputs: q, k [T, H, K]; v [T, H, V]; beta [T, H]; h0 [N, H, K, V] fp32 or None."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, h0, scale, cu_seqlens, cidx, coff):
+    def forward(ctx, q, k, v, beta, h0, scale, cu_seqlens, cidx, coff, bt):
         num_chunks = cidx.shape[0]
-        ainv, w, u = _wy_fwd(k, v, beta, cu_seqlens, cidx)
-        h, vnew, ht = _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht=True)
-        o = _output_fwd(q, k, vnew, h, scale, cu_seqlens, cidx)
+        ainv, w, u = _wy_fwd(k, v, beta, cu_seqlens, cidx, bt)
+        h, vnew, ht = _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, True, bt)
+        o = _output_fwd(q, k, vnew, h, scale, cu_seqlens, cidx, bt)
         ctx.save_for_backward(q, k, v, beta, h0, cu_seqlens, cidx, coff)
-        ctx.scale = scale
+        ctx.scale, ctx.bt = scale, bt
         ctx.set_materialize_grads(False)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, beta, h0, cu_seqlens, cidx, coff = ctx.saved_tensors
-        scale = ctx.scale
+        scale, bt = ctx.scale, ctx.bt
         num_chunks = cidx.shape[0]
         if do is None:
             do = torch.zeros_like(v)
         do = do.contiguous()
         dht = dht.contiguous().float() if dht is not None else None
         # recompute the forward's intermediates
-        ainv, w, u = _wy_fwd(k, v, beta, cu_seqlens, cidx)
-        h, vnew, _ = _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht=False)
+        ainv, w, u = _wy_fwd(k, v, beta, cu_seqlens, cidx, bt)
+        h, vnew, _ = _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, False, bt)
         dh, dvnew, dh0 = _state_bwd(q, k, w, do, dht, scale, cu_seqlens, coff, num_chunks,
-                                    store_dh0=h0 is not None and ctx.needs_input_grad[4])
-        dq, dk, dv, dbeta = _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, cu_seqlens, cidx)
-        return dq, dk, dv, dbeta, dh0, None, None, None, None
+                                    h0 is not None and ctx.needs_input_grad[4], bt)
+        dq, dk, dv, dbeta = _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, cu_seqlens, cidx, bt)
+        return dq, dk, dv, dbeta, dh0, None, None, None, None, None
 
 
 def delta_rule_triton_chunk(q, k, v, beta, scale, initial_state=None, cu_seqlens=None):
@@ -457,10 +464,11 @@ def delta_rule_triton_chunk(q, k, v, beta, scale, initial_state=None, cu_seqlens
         cu = uniform_cu_seqlens(B, T, device=q.device)
     else:
         cu = cu_seqlens.to(torch.int32).contiguous()
-    cidx = chunk_indices(cu, BT)
-    coff = chunk_offsets(cu, BT)
+    bt = chunk_size(K)
+    cidx = chunk_indices(cu, bt)
+    coff = chunk_offsets(cu, bt)
     qp, kp, vp = (x.reshape(B * T, H, x.shape[-1]).contiguous() for x in (q, k, v))
     bp = beta.reshape(B * T, H).contiguous()
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    o, ht = DeltaRuleChunkFunction.apply(qp, kp, vp, bp, h0, float(scale), cu, cidx, coff)
+    o, ht = DeltaRuleChunkFunction.apply(qp, kp, vp, bp, h0, float(scale), cu, cidx, coff, bt)
     return o.reshape(B, T, H, V), ht

@@ -40,7 +40,8 @@ def _recurrent_fwd_kernel(
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         b_h += tl.load(h0 + (i_n * H + i_h) * K * V + p_state, mask=m_kv, other=0.0)
-    for t in range(bos, eos):
+    for i in range(0, (eos - bos).to(tl.int32)):
+        t = bos + i
         b_k = tl.load(k + (t * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
         b_q = tl.load(q + (t * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
         b_v = tl.load(v + (t * H + i_h) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
