@@ -367,3 +367,38 @@ def test_two_process_cpu_run(tmp_path, cache_dir):
 
     model = AutoModelForCausalLM.from_pretrained(out / "final")
     assert model.config.model_type == "transformer"
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_in_a_subprocess(tmp_path, cache_dir):
+    """The real thing: SIGKILL a training process mid-run (whatever it was writing), resume it, and get the
+    losses of an uninterrupted run."""
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    over = ["train.max_steps=40", "train.checkpoint_every=6", "train.log_every=1", "eval.every_steps=null"]
+
+    def cmd(out, *extra):
+        cfg = write_yaml(tmp_path / f"{out.name}.yaml", tiny_config(out, cache_dir))
+        return [sys.executable, str(REPO / "train.py"), str(cfg), *over, *extra]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert subprocess.run(cmd(straight), env=env, capture_output=True, timeout=240).returncode == 0
+    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            metrics = killed / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 20:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not (killed / "final").exists() and list((killed / "checkpoints").glob("step_*"))
+    res = subprocess.run(cmd(killed, "train.resume=true"), env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resumed from" in res.stdout
+    assert losses(killed) == losses(straight)
