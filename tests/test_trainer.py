@@ -59,6 +59,12 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("data_cache")
 
 
+@pytest.fixture(autouse=True)
+def _no_home_cache(cache_dir, monkeypatch):
+    """Code paths without an explicit cache dir (the eval CLI) use $SEQZOO_CACHE: keep them out of ~/.cache."""
+    monkeypatch.setenv("SEQZOO_CACHE", str(cache_dir))
+
+
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, cache_dir):
     """One short run shared by the tests that only read its outputs."""

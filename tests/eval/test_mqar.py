@@ -11,6 +11,11 @@ from seqzoo.eval.mqar import split_seed
 V, L, K, N = 200, 64, 6, 300
 
 
+@pytest.fixture(autouse=True)
+def _no_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQZOO_CACHE", str(tmp_path / "default_cache"))
+
+
 @pytest.fixture(scope="module")
 def data():
     return multiquery_ar(vocab_size=V, seq_len=L, num_kv_pairs=K, num_examples=N, seed=123)

@@ -67,6 +67,11 @@ class FirstTokenTask(Task):
 register_task(FirstTokenTask)
 
 
+@pytest.fixture(autouse=True)
+def _no_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQZOO_CACHE", str(tmp_path / "default_cache"))
+
+
 def test_registry_checks():
     register_task(FirstTokenTask)  # registering the same class again is a no-op
 
