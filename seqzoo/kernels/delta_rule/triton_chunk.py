@@ -35,7 +35,9 @@ BT = 64  # chunk length for head dims up to 128; 32 above (keeps the [BT, K] fp3
 
 
 def chunk_size(K: int) -> int:
+    """Tokens per chunk for head dim K (the Ainv buffer, chunk tables and kernels all use it)."""
     return BT if _block(K) <= 128 else BT // 2
+
 
 # Triton's CPU interpreter (3.9) computes tl.dot on bf16 operands wrongly; under the interpreter the operands
 # are widened to fp32 first (exact for bf16/fp16 values). Compiled kernels multiply in the input dtype.
