@@ -33,7 +33,7 @@ def _dot(a, b):
         return tl.dot(a, b, input_precision="ieee")
 
 
-NEG = -1.0e30  # finite "minus infinity": a fully masked (padding) row never turns into NaN
+NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a fully masked (padding) row never turns into NaN
 _CFG = dict(grid={}, num_warps=[4, 8], num_stages=[2])
 _KEY = ["H", "D", "DV", "BM", "BD", "BDV", "CAUSAL", "RELU"]
 
