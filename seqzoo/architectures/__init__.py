@@ -8,11 +8,10 @@ import importlib
 
 from .base import get_config_class, list_architectures, make_config
 
-# architectures developed in this repository; each registers itself on import
+# every architecture package; each registers itself on import
 _ARCH_PACKAGES = ["transformer", "deltanet", "transnormer"]
 
 for _name in _ARCH_PACKAGES:
-    if importlib.util.find_spec(f"{__name__}.{_name}") is not None:
-        importlib.import_module(f"{__name__}.{_name}")
+    importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = ["get_config_class", "list_architectures", "make_config"]

@@ -7,8 +7,13 @@ import torch.nn as nn
 from .layers import MLP, RMSNorm
 from .mixers import get_mixer
 
+try:  # transformers >= 4.52: a layer that gradient_checkpointing_enable() can recompute in the backward
+    from transformers.modeling_layers import GradientCheckpointingLayer
+except ImportError:  # pragma: no cover
+    GradientCheckpointingLayer = nn.Module
 
-class Block(nn.Module):
+
+class Block(GradientCheckpointingLayer):
     def __init__(self, config, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx

@@ -31,12 +31,6 @@ try:  # transformers 5.x: init functions that skip weights already loaded from a
 except ImportError:  # pragma: no cover
     import torch.nn.init as init
 
-try:
-    from transformers.modeling_layers import GradientCheckpointingLayer
-except ImportError:  # pragma: no cover
-    GradientCheckpointingLayer = nn.Module
-
-
 # transformers renamed the cache field of model outputs and generate() kwargs from ``past_key_values`` to
 # ``cache`` (5.2x); accept both names as inputs and write outputs under the name this version uses.
 CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
@@ -48,16 +42,12 @@ def _pick_cache(past_key_values, cache):
     return cache if cache is not None else past_key_values
 
 
-class CheckpointedBlock(Block, GradientCheckpointingLayer):
-    """A Block that ``model.gradient_checkpointing_enable()`` can recompute in the backward."""
-
-
 class ZooPreTrainedModel(PreTrainedModel):
     config_class = ZooConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CheckpointedBlock"]
+    _no_split_modules = ["Block"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = False
@@ -102,7 +92,7 @@ class ZooModel(ZooPreTrainedModel):
     def __init__(self, config: ZooConfig):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
-        self.layers = nn.ModuleList(CheckpointedBlock(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
