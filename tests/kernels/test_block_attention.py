@@ -132,3 +132,15 @@ def test_triton_head_dim_limit(triton_device):
     q = torch.randn(1, 4, 1, 300, device=triton_device)
     with pytest.raises(ValueError, match=r"head dims up to 256, got D=300"):
         block_attention(q, q, torch.randn(1, 4, 1, 8, device=triton_device), backend="triton")
+
+
+def test_linear_and_block_kernels_compile_for_hopper():
+    """Without a GPU: compile the linear_attention and block_attention kernels for sm_90 (H100/H200)."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "compile_linear_block_sm90.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0 and "failed 0" in res.stdout, res.stdout[-4000:] + res.stderr[-4000:]

@@ -17,21 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import autotune_configs, interpreter_active, next_power_of_2
+from .._backend import autotune_configs, next_power_of_2
+from .._triton_utils import dot as _dot
 from ..linear_attention.triton_chunk import chunk_tables
-
-# The Triton interpreter (3.9 at least) returns garbage for tl.dot on bf16 operands; under the interpreter
-# every dot runs on fp32 copies (exact for fp16/bf16 inputs). Compiled kernels use the native dot.
-_INTERPRET = tl.constexpr(interpreter_active())
-
-
-@triton.jit
-def _dot(a, b):
-    if _INTERPRET:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision="ieee")
-
 
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a fully masked (padding) row never turns into NaN
 _CFG = dict(grid={}, num_warps=[4, 8], num_stages=[2])

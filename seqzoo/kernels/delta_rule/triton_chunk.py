@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import autotune_configs, interpreter_active, next_power_of_2
+from .._backend import autotune_configs, next_power_of_2
+from .._triton_utils import dot as _mm
 from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
 
 BT = 64  # chunk length for head dims up to 128; 32 above (keeps the [BT, K] fp32 tiles within shared memory)
@@ -37,22 +38,6 @@ BT = 64  # chunk length for head dims up to 128; 32 above (keeps the [BT, K] fp3
 def chunk_size(K: int) -> int:
     """Tokens per chunk for head dim K (the Ainv buffer, chunk tables and kernels all use it)."""
     return BT if _block(K) <= 128 else BT // 2
-
-
-# Triton's CPU interpreter (3.9) computes tl.dot on bf16 operands wrongly; under the interpreter the operands
-# are widened to fp32 first (exact for bf16/fp16 values). Compiled kernels multiply in the input dtype.
-_INTERPRETED = tl.constexpr(interpreter_active())
-
-
-@triton.jit
-def _mm(a, b):
-    """a @ b with an fp32 accumulator; fp32 operands multiply in full precision (no TF32)."""
-    if _INTERPRETED:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    elif a.dtype == tl.float32:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
 
 
 def _block(n: int) -> int:

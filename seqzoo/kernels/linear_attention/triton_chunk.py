@@ -21,23 +21,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import autotune_configs, interpreter_active, next_power_of_2
+from .._backend import autotune_configs, next_power_of_2
+from .._triton_utils import dot as _dot
 from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
 
 BT = 64  # chunk length: tokens per chunk
-
-# The Triton interpreter (3.9 at least) returns garbage for tl.dot on bf16 operands; under the interpreter
-# every dot runs on fp32 copies (exact for fp16/bf16 inputs). Compiled kernels use the native dot.
-_INTERPRET = tl.constexpr(interpreter_active())
-
-
-@triton.jit
-def _dot(a, b):
-    if _INTERPRET:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        return tl.dot(a, b, input_precision="ieee")
-
 
 _CFG = dict(grid={}, num_warps=[4, 8], num_stages=[2, 3])
 
