@@ -19,3 +19,14 @@ def dot(a, b):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@triton.jit
+def chunk_span(chunk_tab, cu_seqlens, i_c, BT: tl.constexpr):
+    """Program ``i_c`` of a chunked kernel over packed sequences: ``chunk_tab[i_c] = (sequence, chunk)``.
+    Returns the sequence index, the chunk's first token and its length (< BT for a sequence's last chunk)."""
+    i_n = tl.load(chunk_tab + 2 * i_c).to(tl.int64)
+    c = tl.load(chunk_tab + 2 * i_c + 1).to(tl.int64)
+    t0 = tl.load(cu_seqlens + i_n).to(tl.int64) + c * BT
+    length = tl.minimum(tl.load(cu_seqlens + i_n + 1).to(tl.int64) - t0, BT)
+    return i_n, t0, length

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .._backend import autotune_configs, next_power_of_2
+from .._triton_utils import chunk_span
 from .._triton_utils import dot as _dot
 from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
 
@@ -90,10 +91,7 @@ def _fwd_o(q, k, v, g, h, o, scale, cu, chunk_tab,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
            BV: tl.constexpr, HAS_DECAY: tl.constexpr):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_tab + 2 * i_c).to(tl.int64)
-    c = tl.load(chunk_tab + 2 * i_c + 1).to(tl.int64)
-    t0 = tl.load(cu + i_n).to(tl.int64) + c * BT
-    L = tl.minimum(tl.load(cu + i_n + 1).to(tl.int64) - t0, BT)
+    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT)
     o_t = tl.arange(0, BT)
     m_t = o_t < L
     o_v = i_v * BV + tl.arange(0, BV)
@@ -167,10 +165,7 @@ def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab,
              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
              BV: tl.constexpr, HAS_DECAY: tl.constexpr):
     i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_tab + 2 * i_c).to(tl.int64)
-    c = tl.load(chunk_tab + 2 * i_c + 1).to(tl.int64)
-    t0 = tl.load(cu + i_n).to(tl.int64) + c * BT
-    L = tl.minimum(tl.load(cu + i_n + 1).to(tl.int64) - t0, BT)
+    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT)
     o_t = tl.arange(0, BT)
     m_t = o_t < L
     o_k = i_k * BK + tl.arange(0, BK)
@@ -212,10 +207,7 @@ def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
             BV: tl.constexpr, HAS_DECAY: tl.constexpr):
     i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_tab + 2 * i_c).to(tl.int64)
-    c = tl.load(chunk_tab + 2 * i_c + 1).to(tl.int64)
-    t0 = tl.load(cu + i_n).to(tl.int64) + c * BT
-    L = tl.minimum(tl.load(cu + i_n + 1).to(tl.int64) - t0, BT)
+    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT)
     o_t = tl.arange(0, BT)
     m_t = o_t < L
     o_v = i_v * BV + tl.arange(0, BV)
