@@ -1,6 +1,8 @@
 """``python -m seqzoo.bench OP [options]``: print a throughput table for one op (see seqzoo/bench/common.py).
 
-Each ``seqzoo/bench/<op>.py`` defines ``add_arguments(parser)`` and ``run(args) -> list[dict]``.
+Each ``seqzoo/bench/<op>.py`` defines ``add_arguments(parser)`` and ``run(args) -> list[dict]``; a module
+with its own ``main(argv) -> int`` (``compile_report``, a report rather than a timing table) gets the rest
+of the command line instead.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def main(argv=None) -> int:
         print(f"seqzoo.bench: unknown op {op!r}; available: {names}", file=sys.stderr)
         return 2
     mod = importlib.import_module(f"seqzoo.bench.{op}")
+    if hasattr(mod, "main"):
+        return int(mod.main(argv))
     parser = argparse.ArgumentParser(prog=f"python -m seqzoo.bench {op}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the rows and the environment to this file")
