@@ -4,5 +4,7 @@ from .block_attention import block_attention
 from .delta_rule import delta_rule
 from .linear_attention import linear_attention
 from .rms_norm import rms_norm
+from .sparse_ffn import sparse_ffn
+from .statistical_topk import statistical_topk
 
-__all__ = ["block_attention", "delta_rule", "linear_attention", "rms_norm"]
+__all__ = ["block_attention", "delta_rule", "linear_attention", "rms_norm", "sparse_ffn", "statistical_topk"]
