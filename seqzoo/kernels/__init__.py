@@ -5,6 +5,8 @@ from .delta_rule import delta_rule
 from .linear_attention import linear_attention
 from .rms_norm import rms_norm
 from .sparse_ffn import sparse_ffn
+from .ssd import ssd_scan
 from .statistical_topk import statistical_topk
 
-__all__ = ["block_attention", "delta_rule", "linear_attention", "rms_norm", "sparse_ffn", "statistical_topk"]
+__all__ = ["block_attention", "delta_rule", "linear_attention", "rms_norm", "sparse_ffn", "ssd_scan",
+           "statistical_topk"]
