@@ -123,8 +123,9 @@ def test_triton_backend_in_the_model(triton_device):
 
 def test_state_size_and_cache_contents(model):
     cfg = model.config
-    assert DeltaNetMixer.state_size(cfg) == 2 * 16 * 16 + 3 * 32 * 3
-    assert model.model.state_size() == 2 * DeltaNetMixer.state_size(cfg)
+    settings = model.model.layers[0].mixer_settings
+    assert DeltaNetMixer.state_size(cfg, settings) == 2 * 16 * 16 + 3 * 32 * 3
+    assert model.model.state_size() == 2 * DeltaNetMixer.state_size(cfg, settings)
     with torch.no_grad():
         out = model(torch.randint(0, V, (3, 5)), use_cache=True)
     layer = common.cache_of(out)[0]

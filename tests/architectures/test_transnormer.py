@@ -45,8 +45,11 @@ def test_layer_layout_diag_first_half():
 
 def test_presets():
     t1, t2 = TransNormerConfig.from_preset("t1"), TransNormerConfig.from_preset("t2", hidden_size=64)
-    assert (t1.feature_map, t1.diag_activation, t1.block_size, t1.mlp_type) == ("elu", "relu", 64, "glu")
-    assert (t2.feature_map, t2.diag_activation, t2.hidden_size) == ("1+elu", "softmax", 64)
+    diag1, norm1 = t1.layers[0], t1.layers[-1]
+    assert (norm1["mixer"]["feature_map"], diag1["mixer"]["activation"], diag1["mixer"]["block_size"]) == ("elu", "relu", 64)
+    assert diag1["ffn"]["type"] == norm1["ffn"]["type"] == "glu"
+    assert (t2.layers[-1]["mixer"]["feature_map"], t2.layers[0]["mixer"]["activation"], t2.hidden_size) == \
+        ("1+elu", "softmax", 64)
     assert t1.layer_mixers() == ["diag_attention"] * 6 + ["norm_attention"] * 6
     with pytest.raises(ValueError, match="preset must be one of"):
         TransNormerConfig.from_preset("t3")
@@ -82,7 +85,10 @@ def test_generate_with_left_padding_matches_unpadded():
 def test_save_load_round_trip(tmp_path):
     model = common.tiny_lm("transnormer", **TINY, **VARIANTS["t1+decay+gate"])
     loaded = common.check_save_load(model, V, tmp_path / "ckpt")
-    assert loaded.config.use_decay and loaded.config.feature_map == "elu" and loaded.config.block_size == 4
+    norm = [e["mixer"] for e in loaded.config.layers if e["mixer"]["type"] == "norm_attention"][0]
+    diag = [e["mixer"] for e in loaded.config.layers if e["mixer"]["type"] == "diag_attention"][0]
+    assert norm["use_decay"] and norm["feature_map"] == "elu" and diag["block_size"] == 4
+    assert loaded.config.layers == model.config.layers
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last"])
@@ -120,13 +126,13 @@ def test_decay_rates():
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ValueError, match="feature_map must be one of"):
+    with pytest.raises(ValueError, match=r"layers\[1\]\.mixer \(norm_attention\)\.feature_map: expected one of"):
         seqzoo.make_config("transnormer", feature_map="relu", **TINY)
-    with pytest.raises(ValueError, match="diag_activation must be one of"):
+    with pytest.raises(ValueError, match=r"layers\[0\]\.mixer \(diag_attention\)\.activation: expected one of"):
         seqzoo.make_config("transnormer", diag_activation="gelu", **TINY)
-    with pytest.raises(ValueError, match="block_size must be >= 1"):
+    with pytest.raises(ValueError, match=r"block_size: expected a positive number, got 0"):
         seqzoo.make_config("transnormer", **{**TINY, "block_size": 0})
-    with pytest.raises(ValueError, match="num_diag_layers must be in"):
+    with pytest.raises(ValueError, match="num_diag_layers: must be in"):
         seqzoo.make_config("transnormer", num_diag_layers=3, **TINY)
 
 

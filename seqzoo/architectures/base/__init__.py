@@ -1,15 +1,27 @@
-"""The shared backbone every architecture plugs its mixer into."""
+"""The shared backbone every architecture plugs its layers into."""
 
+from . import padding
 from .block import Block
 from .cache import ZooCache
 from .configuration import ZooConfig
-from .layers import MLP, RMSNorm, RotaryEmbedding, ShortConvolution
-from .mixers import MIXERS, get_mixer, register_mixer
+from .layers import MLP, MLPSettings, RMSNorm, RotaryEmbedding, ShortConvolution
 from .modeling import ZooForCausalLM, ZooForSequenceClassification, ZooModel, ZooPreTrainedModel
 from .registry import get_config_class, list_architectures, make_config, register_architecture
+from .spec import (
+    FFNS,
+    MIXERS,
+    FFNSettings,
+    LayerSettings,
+    LayerSpec,
+    MixerSettings,
+    get_mixer,
+    register_ffn,
+    register_mixer,
+)
 
 __all__ = [
-    "Block", "ZooCache", "ZooConfig", "MLP", "RMSNorm", "RotaryEmbedding", "ShortConvolution", "MIXERS",
-    "get_mixer", "register_mixer", "ZooForCausalLM", "ZooForSequenceClassification", "ZooModel",
+    "Block", "ZooCache", "ZooConfig", "MLP", "MLPSettings", "RMSNorm", "RotaryEmbedding", "ShortConvolution",
+    "FFNS", "MIXERS", "FFNSettings", "LayerSettings", "LayerSpec", "MixerSettings", "get_mixer", "register_ffn",
+    "register_mixer", "padding", "ZooForCausalLM", "ZooForSequenceClassification", "ZooModel",
     "ZooPreTrainedModel", "get_config_class", "list_architectures", "make_config", "register_architecture",
 ]

@@ -1,12 +1,15 @@
-"""Layers shared by every architecture: RMSNorm, the MLPs, rotary embeddings, a short causal depthwise conv."""
+"""Layers shared by every architecture: RMSNorm, the dense FFNs, rotary embeddings, a short causal depthwise conv."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ...kernels import rms_norm
+from .spec import FFNSettings, register_ffn
 
 
 class RMSNorm(nn.Module):
@@ -25,29 +28,59 @@ class RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class MLP(nn.Module):
-    """``mlp_type``: "swiglu" (silu-gated), "geglu" (gelu-gated), "glu" (bilinear, no activation on the gate,
-    TransNormerLLM's SGLU) or "mlp" (up -> gelu -> down)."""
+@dataclass
+class MLPSettings(FFNSettings):
+    intermediate_size: int | None = None  # FFN width; None: the model's intermediate_size (or its default)
 
-    def __init__(self, hidden_size: int, intermediate_size: int, mlp_type: str = "swiglu"):
+    def validate(self, where: str) -> None:
+        self.require_positive(where, "intermediate_size")
+
+
+class MLP(nn.Module):
+    """The dense FFNs: "swiglu" (silu-gated), "geglu" (gelu-gated), "glu" (bilinear, no activation on the gate,
+    TransNormerLLM's SGLU) and "mlp" (up -> gelu -> down). Each is a registered FFN type (subclasses below)."""
+
+    kind = "swiglu"
+
+    def __init__(self, config, layer_idx: int, settings: MLPSettings):
         super().__init__()
-        self.mlp_type = mlp_type
-        self.gated = mlp_type != "mlp"
-        if self.gated:
-            self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+        hidden = config.hidden_size
+        inner = settings.intermediate_size or config.default_intermediate_size(self.kind)
+        if self.kind != "mlp":
+            self.gate_proj = nn.Linear(hidden, inner, bias=False)
+        self.up_proj = nn.Linear(hidden, inner, bias=False)
+        self.down_proj = nn.Linear(inner, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up = self.up_proj(x)
-        if self.mlp_type == "mlp":
+        if self.kind == "mlp":
             return self.down_proj(F.gelu(up))
         gate = self.gate_proj(x)
-        if self.mlp_type == "swiglu":
+        if self.kind == "swiglu":
             gate = F.silu(gate)
-        elif self.mlp_type == "geglu":
+        elif self.kind == "geglu":
             gate = F.gelu(gate)
         return self.down_proj(gate * up)
+
+
+@register_ffn("swiglu", settings=MLPSettings)
+class SwiGLU(MLP):
+    kind = "swiglu"
+
+
+@register_ffn("geglu", settings=MLPSettings)
+class GeGLU(MLP):
+    kind = "geglu"
+
+
+@register_ffn("glu", settings=MLPSettings)
+class GLU(MLP):
+    kind = "glu"
+
+
+@register_ffn("mlp", settings=MLPSettings)
+class PlainMLP(MLP):
+    kind = "mlp"
 
 
 class RotaryEmbedding(nn.Module):

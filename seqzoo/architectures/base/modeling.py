@@ -1,10 +1,10 @@
 """The shared backbone and heads: every architecture is ZooConfig + its mixer + these classes.
 
-    ZooModel                       embeddings -> Block x L (mixer from the config's pattern, MLP) -> RMSNorm
+    ZooModel                       embeddings -> Block x L (each the layer's mixer and FFN) -> RMSNorm
     ZooForCausalLM                 + LM head, loss with labels (shifted inside), generate() through ZooCache
     ZooForSequenceClassification   + pooling ("mean" over non-pad tokens or "last" non-pad token) + linear head
 
-An architecture subclasses each with ``config_class = ItsConfig`` and nothing else (see transformer/).
+An architecture subclasses each with ``config_class = ItsConfig`` and nothing else (see deltanet/).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class ZooModel(ZooPreTrainedModel):
 
     def state_size(self) -> int:
         """Recurrent-state numbers per sequence summed over layers (0 for attention, which grows with T)."""
-        return sum(getattr(type(b.mixer), "state_size", lambda c: 0)(self.config) for b in self.layers)
+        return sum(block.state_size(self.config) for block in self.layers)
 
     def forward(
         self,

@@ -13,7 +13,8 @@ imported seqzoo.
 from __future__ import annotations
 
 import os
-import tempfile
+
+from ...common import ConfigError, atomic_write_text, did_you_mean
 
 ARCHITECTURES: dict[str, type] = {}  # model_type -> config class
 _CLASSES: dict[str, dict[str, type]] = {}  # model_type -> {auto class name: class}
@@ -71,19 +72,6 @@ def list_architectures() -> dict[str, type]:
     return dict(ARCHITECTURES)
 
 
-def _atomic_write(path: str, text: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_remote_shim(save_directory, config_class) -> None:
     """Write ``seqzoo_remote.py`` so that trust_remote_code loading finds the installed seqzoo classes."""
     model_type = config_class.model_type
@@ -103,7 +91,7 @@ def write_remote_shim(save_directory, config_class) -> None:
         by_module.setdefault(cls.__module__, []).append(cls.__name__)
     for module, names in by_module.items():
         lines.append(f"from {module} import {', '.join(sorted(set(names)))}  # noqa: F401")
-    _atomic_write(os.path.join(save_directory, config_class.REMOTE_MODULE + ".py"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(save_directory, config_class.REMOTE_MODULE + ".py"), "\n".join(lines) + "\n")
 
 
 def write_tokenizer_shim(save_directory) -> None:
@@ -111,7 +99,7 @@ def write_tokenizer_shim(save_directory) -> None:
     path = os.path.join(save_directory, "seqzoo_remote.py")
     if os.path.exists(path):
         return
-    _atomic_write(
+    atomic_write_text(
         path,
         '"""Written by seqzoo: lets transformers load this tokenizer with trust_remote_code=True."""\n\n'
         "import seqzoo  # noqa: F401\nfrom seqzoo.tokenizer import ByteTokenizer  # noqa: F401\n",
@@ -121,14 +109,18 @@ def write_tokenizer_shim(save_directory) -> None:
 def get_config_class(model_type: str) -> type:
     """The config class of a seqzoo architecture; an unknown name lists the registered ones."""
     if model_type not in ARCHITECTURES:
-        close = [m for m in ARCHITECTURES if m[:3] == str(model_type)[:3]]
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"unknown seqzoo model_type {model_type!r}{hint}; available: {sorted(ARCHITECTURES)}"
-        )
+        raise ConfigError(f"unknown seqzoo model_type {model_type!r}{did_you_mean(str(model_type), ARCHITECTURES)}; "
+                          f"available: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[model_type]
 
 
 def make_config(model_type: str, **fields):
-    """``make_config("deltanet", hidden_size=64)``: a config for any registered architecture."""
-    return get_config_class(model_type)(**fields)
+    """``make_config("deltanet", hidden_size=64)``: a config for any registered architecture. Every field is
+    checked: an unknown one is an error naming it and the valid fields (with a "did you mean")."""
+    config_class = get_config_class(model_type)
+    valid = config_class.field_types()
+    for key in fields:
+        if key not in valid:
+            raise ConfigError(f"make_config({model_type!r}): unknown field {key!r}{did_you_mean(key, valid)}; "
+                              f"valid fields: {', '.join(sorted(valid))}")
+    return config_class(**fields)

@@ -1,14 +1,14 @@
 """DeltaNetConfig: DeltaNet (Yang et al., "Parallelizing Linear Transformers with the Delta Rule over Sequence
 Length", NeurIPS 2024, arXiv 2406.06484).
 
-Every layer's mixer is ``deltanet`` unless ``mixer_pattern`` says otherwise; a hybrid with softmax attention
-in chosen layers is e.g. ``mixer_pattern=["deltanet", "attention"]`` (the attention layers read the
-Transformer fields ``num_kv_heads`` / ``rope_theta``, defaults: as many kv heads as heads).
+The preset: every layer a ``deltanet`` mixer (settings: ``DeltaNetSettings`` in modeling_deltanet.py) with the
+model's FFN. The fields below are forwarded to those settings. A hybrid names its layers, e.g.
+``layers=["deltanet", {"mixer": {"type": "attention", "num_kv_heads": 1}}]``: the attention layer's settings
+travel with it, DeltaNetConfig has none of them.
 """
 
 from __future__ import annotations
 
-from ...kernels._backend import BACKENDS
 from ..base import ZooConfig
 
 
@@ -25,28 +25,10 @@ class DeltaNetConfig(ZooConfig):
         kernel_backend: str = "auto",  # seqzoo.kernels.delta_rule backend: auto | triton | torch | reference
         recurrent_max_len: int = 64,  # with Triton and no gradients, inputs up to this length (decoding,
                                       # short prompts) use the fused recurrent kernel instead of the chunked one
-        num_kv_heads: int | None = None,  # only for "attention" layers of a hybrid (see module docstring)
         **kwargs,
     ):
-        self.use_short_conv = bool(use_short_conv)
-        self.conv_size = int(conv_size)
-        self.allow_neg_eigval = bool(allow_neg_eigval)
-        self.use_output_gate = bool(use_output_gate)
-        self.kernel_backend = kernel_backend
-        self.recurrent_max_len = int(recurrent_max_len)
-        self.num_kv_heads = int(num_kv_heads) if num_kv_heads is not None else None
+        self.forward_settings(
+            "deltanet", use_short_conv=use_short_conv, conv_size=conv_size, allow_neg_eigval=allow_neg_eigval,
+            use_output_gate=use_output_gate, kernel_backend=kernel_backend, recurrent_max_len=recurrent_max_len,
+        )
         super().__init__(**kwargs)
-
-    def validate_zoo(self) -> None:
-        super().validate_zoo()
-        if self.conv_size < 1:
-            raise ValueError(f"DeltaNetConfig: conv_size must be >= 1, got {self.conv_size}")
-        if self.kernel_backend not in BACKENDS:
-            raise ValueError(f"DeltaNetConfig: kernel_backend must be one of {BACKENDS}, got {self.kernel_backend!r}")
-        if self.recurrent_max_len < 0:
-            raise ValueError(f"DeltaNetConfig: recurrent_max_len must be >= 0, got {self.recurrent_max_len}")
-        if self.num_kv_heads is not None and (self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads):
-            raise ValueError(
-                f"DeltaNetConfig: num_kv_heads ({self.num_kv_heads}) must be positive and divide num_heads "
-                f"({self.num_heads})"
-            )

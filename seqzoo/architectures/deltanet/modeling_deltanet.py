@@ -18,6 +18,8 @@ inputs of each conv, so decoding one token at a time continues the full forward 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,28 +27,54 @@ import torch.nn.functional as F
 from ...kernels import delta_rule
 from ...kernels._backend import resolve_backend
 from ...kernels.delta_rule import fused_recurrent_delta_rule
-from ..base import RMSNorm, ShortConvolution, ZooForCausalLM, ZooForSequenceClassification, ZooModel, register_mixer
-from ..transformer import modeling_transformer  # noqa: F401  (registers the "attention" mixer for hybrids)
+from ...kernels._backend import BACKENDS
+from ..base import (
+    MixerSettings,
+    RMSNorm,
+    ShortConvolution,
+    ZooForCausalLM,
+    ZooForSequenceClassification,
+    ZooModel,
+    padding,
+    register_mixer,
+)
 from .configuration_deltanet import DeltaNetConfig
 
 
-@register_mixer("deltanet")
+@dataclass
+class DeltaNetSettings(MixerSettings):
+    use_short_conv: bool = True  # causal depthwise conv (+ SiLU) on q, k, v before the delta rule (paper: on)
+    conv_size: int = 4  # its kernel length
+    allow_neg_eigval: bool = False  # beta = 2 sigmoid(.) in (0, 2): I - beta k k^T may have negative eigenvalues
+    use_output_gate: bool = True  # per-head output RMSNorm(o) * silu(W_g x); False: RMSNorm(o) only
+    kernel_backend: str = "auto"  # seqzoo.kernels.delta_rule backend: auto | triton | torch | reference
+    recurrent_max_len: int = 64  # with Triton and no gradients, inputs up to this length use the recurrent kernel
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        self.require_positive(where, "conv_size")
+        self.require_choice(where, "kernel_backend", BACKENDS)
+        if self.recurrent_max_len < 0:
+            raise self.invalid(where, "recurrent_max_len", "a number >= 0")
+
+
+@register_mixer("deltanet", settings=DeltaNetSettings)
 class DeltaNetMixer(nn.Module):
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, settings: DeltaNetSettings):
         super().__init__()
-        self.config, self.layer_idx = config, layer_idx
-        self.num_heads = config.num_heads
-        self.head_dim = config.resolved_head_dim
-        hidden, inner = config.hidden_size, config.num_heads * config.resolved_head_dim
-        self.use_short_conv = getattr(config, "use_short_conv", True)
-        self.allow_neg_eigval = getattr(config, "allow_neg_eigval", False)
-        self.use_output_gate = getattr(config, "use_output_gate", True)
+        self.config, self.layer_idx, self.settings = config, layer_idx, settings
+        self.num_heads = settings.num_heads
+        self.head_dim = settings.head_dim
+        hidden, inner = config.hidden_size, settings.num_heads * settings.head_dim
+        self.use_short_conv = settings.use_short_conv
+        self.allow_neg_eigval = settings.allow_neg_eigval
+        self.use_output_gate = settings.use_output_gate
         self.q_proj = nn.Linear(hidden, inner, bias=False)
         self.k_proj = nn.Linear(hidden, inner, bias=False)
         self.v_proj = nn.Linear(hidden, inner, bias=False)
         self.b_proj = nn.Linear(hidden, self.num_heads, bias=False)
         if self.use_short_conv:
-            size = getattr(config, "conv_size", 4)
+            size = settings.conv_size
             self.q_conv = ShortConvolution(inner, size, activation="silu")
             self.k_conv = ShortConvolution(inner, size, activation="silu")
             self.v_conv = ShortConvolution(inner, size, activation="silu")
@@ -56,10 +84,10 @@ class DeltaNetMixer(nn.Module):
         self.o_proj = nn.Linear(inner, hidden, bias=False)
 
     @staticmethod
-    def state_size(config) -> int:
+    def state_size(config, settings) -> int:
         """Recurrent numbers per sequence: the H x D x D delta-rule state plus the conv buffers."""
-        H, D = config.num_heads, config.resolved_head_dim
-        conv = 3 * H * D * (config.conv_size - 1) if getattr(config, "use_short_conv", True) else 0
+        H, D = settings.num_heads, settings.head_dim
+        conv = 3 * H * D * (settings.conv_size - 1) if settings.use_short_conv else 0
         return H * D * D + conv
 
     def _conv(self, name, x, state, cache_state, mask, cu_seqlens):
@@ -87,17 +115,21 @@ class DeltaNetMixer(nn.Module):
         beta = torch.sigmoid(self.b_proj(hidden_states).float())  # [B, T, H]
         if self.allow_neg_eigval:
             beta = 2.0 * beta
-        if mask is not None:
-            beta = beta * mask[..., None].to(beta.dtype)  # padding writes nothing into the state
 
         initial = state.get("state") if use_state else None
-        backend = resolve_backend(getattr(self.config, "kernel_backend", "auto"), q.device, "DeltaNetMixer")
+        backend = resolve_backend(self.settings.kernel_backend, q.device, "DeltaNetMixer")
+        packed = padding.pack(mask) if mask is not None and cu_seqlens is None else None
+        if packed is not None:  # padded batch: run the real tokens as packed sequences, one per row
+            q, k, v, beta = (packed.pack(x) for x in (q, k, v, beta))  # [1, N, ...]
+            cu_seqlens = packed.cu_seqlens
         kwargs = dict(initial_state=initial, output_final_state=use_state, cu_seqlens=cu_seqlens, use_qk_l2norm=True)
-        if backend == "triton" and T <= getattr(self.config, "recurrent_max_len", 64):
+        if backend == "triton" and T <= self.settings.recurrent_max_len:
             # decoding / short inputs: token-by-token kernel (routes to the chunked one if gradients are needed)
             o, final = fused_recurrent_delta_rule(q, k, v, beta, **kwargs)
         else:
             o, final = delta_rule(q, k, v, beta, backend=backend, **kwargs)  # o: [B, T, H, D]
+        if packed is not None:
+            o = packed.unpack(o)  # [B, T, H, D], zeros at pads
         if use_state:
             state["state"] = final  # [N, H, D, D] fp32
 

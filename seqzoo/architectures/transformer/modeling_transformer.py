@@ -8,12 +8,14 @@ flash-attn package: ``pip install 'seqzoo[flash]'``). Keys/values of earlier tok
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..base import (
+    MixerSettings,
     RotaryEmbedding,
     ZooForCausalLM,
     ZooForSequenceClassification,
@@ -67,24 +69,40 @@ def eager_attention(q, k, v, allowed, scale, dropout_p=0.0, training=False):
     return torch.einsum("bhts,bshd->bthd", probs, v.float()).to(q.dtype)
 
 
-@register_mixer("attention")
+@dataclass
+class AttentionSettings(MixerSettings):
+    num_kv_heads: int | None = None  # grouped-query attention: key/value heads; None: as many as num_heads
+    rope_theta: float = 10000.0  # rotary base
+    dropout: float = 0.0  # dropout on the attention weights (training only)
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        self.require_positive(where, "num_kv_heads", "rope_theta")
+        if not 0.0 <= self.dropout < 1.0:
+            raise self.invalid(where, "dropout", "a probability in [0, 1)")
+        heads = self.num_heads
+        if heads is not None and self.num_kv_heads is not None and heads % self.num_kv_heads:
+            raise self.invalid(where, "num_kv_heads", f"a divisor of num_heads ({heads})")
+
+
+@register_mixer("attention", settings=AttentionSettings)
 class Attention(nn.Module):
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, settings: AttentionSettings):
         super().__init__()
-        self.config, self.layer_idx = config, layer_idx
-        self.num_heads = config.num_heads
-        self.num_kv_heads = getattr(config, "num_kv_heads", None) or config.num_heads
-        self.head_dim = config.resolved_head_dim
+        self.config, self.layer_idx, self.settings = config, layer_idx, settings
+        self.num_heads = settings.num_heads
+        self.num_kv_heads = settings.num_kv_heads or settings.num_heads  # divides num_heads (validated)
+        self.head_dim = settings.head_dim
         self.scale = self.head_dim**-0.5
         hidden = config.hidden_size
         self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
-        self.rotary = RotaryEmbedding(self.head_dim, theta=config.rope_theta)
+        self.rotary = RotaryEmbedding(self.head_dim, theta=settings.rope_theta)
 
     @staticmethod
-    def state_size(config) -> int:
+    def state_size(config, settings) -> int:
         return 0  # the KV cache grows with T: no fixed-size state
 
     def forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None, position_ids=None):
@@ -105,7 +123,7 @@ class Attention(nn.Module):
         impl = getattr(self.config, "_attn_implementation", None) or "sdpa"
         if impl not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {impl!r}")
-        dropout = self.config.attention_dropout if self.training else 0.0
+        dropout = self.settings.dropout if self.training else 0.0
         if impl == "flash_attention_2" and attention_mask is None:
             o = self._flash(q, k, v, cu_seqlens, dropout)
         else:

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from ..base import ZooConfig
 
-FEATURE_MAPS = ("elu", "1+elu", "identity")
-DIAG_ACTIVATIONS = ("softmax", "relu")
-
 # The paper's language-model setting (WikiText-103, ~156M params with its 50k vocabulary): 12 layers
 # (6 Diag + 6 Norm), width 512, 8 heads, block 64, GLU FFN. Vocabulary follows the task (bytes here).
 _PAPER_SIZE = dict(hidden_size=512, num_hidden_layers=12, num_heads=8, block_size=64, mlp_type="glu")
@@ -33,28 +30,30 @@ class TransNormerConfig(ZooConfig):
 
     def __init__(
         self,
-        feature_map: str = "1+elu",  # φ on q and k of NormAttention (T1: "elu", T2: "1+elu")
+        feature_map: str = "1+elu",  # phi on q and k of NormAttention (T1: "elu", T2: "1+elu")
         diag_activation: str = "softmax",  # DiagAttention weights (T1: "relu" = ReLA, T2: "softmax")
         block_size: int = 64,  # DiagAttention block w (paper ablation: 32 / 64 / 128)
-        num_diag_layers: int | None = None,  # None: the first half of the layers (ignored if mixer_pattern set)
-        use_decay: bool = False,  # TransNormerLLM: S_t = λ_h S_{t-1} + k_t v_tᵀ with fixed λ_h
+        num_diag_layers: int | None = None,  # None: the first half of the layers (the preset; not with layers=)
+        use_decay: bool = False,  # TransNormerLLM: S_t = lambda_h S_{t-1} + k_t v_t^T with fixed lambda_h
         use_output_gate: bool = False,  # NormAttention output RMSNorm(o) * silu(W_g x) (TransNormerLLM)
         diag_rotary: bool = True,  # rotary positions on DiagAttention's q, k (paper: none stated; order only
-                                   # through the causal mask). A config field so the choice is explicit.
+                                   # through the causal mask). A field so the choice is explicit.
+        rope_theta: float = 10000.0,  # DiagAttention's rotary base
         causal: bool = True,  # False: bidirectional mixers (classification); no generation then
         mlp_type: str = "glu",  # TransNormer's FFN is a GLU
         **kwargs,
     ):
-        self.feature_map = feature_map
-        self.diag_activation = diag_activation
-        self.block_size = int(block_size)
-        self.num_diag_layers = int(num_diag_layers) if num_diag_layers is not None else None
-        self.use_decay = bool(use_decay)
-        self.use_output_gate = bool(use_output_gate)
-        self.diag_rotary = bool(diag_rotary)
-        self.causal = bool(causal)
-        kwargs.setdefault("use_cache", self.causal)  # a bidirectional model has nothing to cache
-        super().__init__(mlp_type=mlp_type, **kwargs)
+        causal = self.check_field("causal", causal)
+        self.forward_settings("norm_attention", feature_map=feature_map, use_decay=use_decay,
+                              use_output_gate=use_output_gate, causal=causal)
+        self.forward_settings("diag_attention", block_size=block_size, activation=diag_activation,
+                              rotary=diag_rotary, rope_theta=rope_theta, causal=causal)
+        self.__dict__["_num_diag_layers"] = self.check_field("num_diag_layers", num_diag_layers)
+        kwargs.setdefault("use_cache", causal)  # a bidirectional model has nothing to cache
+        try:
+            super().__init__(mlp_type=mlp_type, **kwargs)
+        finally:
+            self.__dict__.pop("_num_diag_layers", None)  # consumed by default_layers(); not a stored field
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "TransNormerConfig":
@@ -63,23 +62,14 @@ class TransNormerConfig(ZooConfig):
             raise ValueError(f"TransNormerConfig: preset must be one of {tuple(PRESETS)}, got {name!r}")
         return cls(**{**PRESETS[name], **overrides})
 
-    def validate_zoo(self) -> None:
-        super().validate_zoo()
-        name = type(self).__name__
-        if self.feature_map not in FEATURE_MAPS:
-            raise ValueError(f"{name}: feature_map must be one of {FEATURE_MAPS}, got {self.feature_map!r}")
-        if self.diag_activation not in DIAG_ACTIVATIONS:
-            raise ValueError(f"{name}: diag_activation must be one of {DIAG_ACTIVATIONS}, got {self.diag_activation!r}")
-        if self.block_size < 1:
-            raise ValueError(f"{name}: block_size must be >= 1, got {self.block_size}")
-        if self.num_diag_layers is not None and not 0 <= self.num_diag_layers <= self.num_hidden_layers:
+    def default_layers(self) -> list:
+        """Diag in the first ``num_diag_layers`` layers (default: the first half), Norm after."""
+        n_diag = self.__dict__.get("_num_diag_layers")
+        if n_diag is None:
+            n_diag = self.num_hidden_layers // 2
+        elif not 0 <= n_diag <= self.num_hidden_layers:
             raise ValueError(
-                f"{name}: num_diag_layers must be in [0, num_hidden_layers={self.num_hidden_layers}], "
-                f"got {self.num_diag_layers}"
+                f"TransNormerConfig.num_diag_layers: must be in [0, num_hidden_layers={self.num_hidden_layers}], "
+                f"got {n_diag}"
             )
-
-    def layer_mixers(self) -> list[str]:
-        if self.mixer_pattern is not None:
-            return list(self.mixer_pattern)
-        n_diag = self.num_hidden_layers // 2 if self.num_diag_layers is None else self.num_diag_layers
         return ["diag_attention"] * n_diag + ["norm_attention"] * (self.num_hidden_layers - n_diag)

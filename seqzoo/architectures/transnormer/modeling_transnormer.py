@@ -13,13 +13,53 @@ keys/values of the current, unfinished block in the cache ([B, w, H, D] buffers 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ...kernels import block_attention, linear_attention
-from ..base import RMSNorm, RotaryEmbedding, ZooForCausalLM, ZooForSequenceClassification, ZooModel, register_mixer
+from ..base import (
+    MixerSettings,
+    RMSNorm,
+    RotaryEmbedding,
+    ZooForCausalLM,
+    ZooForSequenceClassification,
+    ZooModel,
+    padding,
+    register_mixer,
+)
 from .configuration_transnormer import TransNormerConfig
+
+FEATURE_MAPS = ("elu", "1+elu", "identity")
+DIAG_ACTIVATIONS = ("softmax", "relu")
+
+
+@dataclass
+class NormAttentionSettings(MixerSettings):
+    feature_map: str = "1+elu"  # phi on q and k: "elu" (T1), "1+elu" (T2) or "identity"
+    use_decay: bool = False  # TransNormerLLM: S_t = lambda_h S_{t-1} + k_t v_t^T with fixed, depth-scaled lambda_h
+    use_output_gate: bool = False  # output RMSNorm(o) * silu(W_g x) (TransNormerLLM); False: RMSNorm(o)
+    causal: bool = True  # False: bidirectional (classification); no generation then
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        self.require_choice(where, "feature_map", FEATURE_MAPS)
+
+
+@dataclass
+class DiagAttentionSettings(MixerSettings):
+    block_size: int = 64  # w: attention inside non-overlapping blocks of w tokens (paper ablation: 32/64/128)
+    activation: str = "softmax"  # "softmax" (T2) or "relu" (ReLA, T1: relu(scale q.k), unnormalized)
+    rotary: bool = True  # rotary positions on q, k (paper: none stated; order only through the causal mask)
+    rope_theta: float = 10000.0  # rotary base
+    causal: bool = True  # False: bidirectional inside each block; no generation then
+
+    def validate(self, where: str) -> None:
+        super().validate(where)
+        self.require_positive(where, "block_size", "rope_theta")
+        self.require_choice(where, "activation", DIAG_ACTIVATIONS)
 
 
 def feature_map(x: torch.Tensor, kind: str) -> torch.Tensor:
@@ -39,51 +79,55 @@ def decay_rates(num_heads: int, layer_idx: int, num_layers: int, device=None) ->
     return -slopes * depth
 
 
-def _no_generation(config, cache, name):
-    if cache is not None and not config.causal:
+def _no_generation(settings, cache, name):
+    if cache is not None and not settings.causal:
         raise ValueError(f"{name}: a bidirectional model (causal=False) cannot decode with a cache; use causal=True")
 
 
-@register_mixer("norm_attention")
+@register_mixer("norm_attention", settings=NormAttentionSettings)
 class NormAttention(nn.Module):
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, settings: NormAttentionSettings):
         super().__init__()
-        self.config, self.layer_idx = config, layer_idx
-        self.num_heads, self.head_dim = config.num_heads, config.resolved_head_dim
-        hidden, inner = config.hidden_size, config.num_heads * config.resolved_head_dim
+        self.config, self.layer_idx, self.settings = config, layer_idx, settings
+        self.num_heads, self.head_dim = settings.num_heads, settings.head_dim
+        hidden, inner = config.hidden_size, settings.num_heads * settings.head_dim
         self.q_proj = nn.Linear(hidden, inner, bias=False)
         self.k_proj = nn.Linear(hidden, inner, bias=False)
         self.v_proj = nn.Linear(hidden, inner, bias=False)
-        self.g_proj = nn.Linear(hidden, inner, bias=False) if config.use_output_gate else None
+        self.g_proj = nn.Linear(hidden, inner, bias=False) if settings.use_output_gate else None
         self.out_norm = RMSNorm(inner, eps=config.norm_eps)  # the "Norm" in NormAttention
         self.o_proj = nn.Linear(inner, hidden, bias=False)
 
     @staticmethod
-    def state_size(config) -> int:
-        return config.num_heads * config.resolved_head_dim**2  # S: [H, D, D]
+    def state_size(config, settings) -> int:
+        return settings.num_heads * settings.head_dim**2  # S: [H, D, D]
 
     def decay(self, device):
-        if not self.config.use_decay:
+        if not self.settings.use_decay:
             return None
         return decay_rates(self.num_heads, self.layer_idx, self.config.num_hidden_layers, device)
 
     def forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None, position_ids=None):
-        _no_generation(self.config, cache, "NormAttention")
+        _no_generation(self.settings, cache, "NormAttention")
         if cache is not None and cu_seqlens is not None:
             raise ValueError("NormAttention: cu_seqlens (packed sequences) cannot be combined with a cache")
         B, T, _ = hidden_states.shape
         shape = (B, T, self.num_heads, self.head_dim)
-        q = feature_map(self.q_proj(hidden_states), self.config.feature_map).view(shape)  # [B, T, H, D]
-        k = feature_map(self.k_proj(hidden_states), self.config.feature_map).view(shape)
+        fmap = self.settings.feature_map
+        q = feature_map(self.q_proj(hidden_states), fmap).view(shape)  # [B, T, H, D]
+        k = feature_map(self.k_proj(hidden_states), fmap).view(shape)
         v = self.v_proj(hidden_states).view(shape)
-        if attention_mask is not None:  # a pad token writes nothing into the state
-            keep = attention_mask[:, -T:, None, None].to(k.dtype)  # [B, T, 1, 1]
-            k, v = k * keep, v * keep
+        packed = padding.pack(attention_mask[:, -T:]) if attention_mask is not None else None
+        if packed is not None:  # padded batch: the real tokens as packed sequences, one per row
+            q, k, v = (packed.pack(x) for x in (q, k, v))  # [1, N, H, D]
+            cu_seqlens = packed.cu_seqlens
         state = cache[self.layer_idx].get("state") if cache is not None else None
         o, final = linear_attention(
-            q, k, v, decay=self.decay(q.device), scale=1.0, causal=self.config.causal, initial_state=state,
+            q, k, v, decay=self.decay(q.device), scale=1.0, causal=self.settings.causal, initial_state=state,
             output_final_state=cache is not None, cu_seqlens=cu_seqlens,
         )  # o: [B, T, H, D]
+        if packed is not None:
+            o = packed.unpack(o)  # [B, T, H, D], zeros at pads
         if cache is not None:
             cache[self.layer_idx]["state"] = final  # [B, H, D, D] fp32
         o = o.reshape(B, T, -1)
@@ -91,30 +135,30 @@ class NormAttention(nn.Module):
         return self.o_proj(self.out_norm(o, gate=gate))
 
 
-@register_mixer("diag_attention")
+@register_mixer("diag_attention", settings=DiagAttentionSettings)
 class DiagAttention(nn.Module):
-    def __init__(self, config, layer_idx: int):
+    def __init__(self, config, layer_idx: int, settings: DiagAttentionSettings):
         super().__init__()
-        self.config, self.layer_idx = config, layer_idx
-        self.num_heads, self.head_dim = config.num_heads, config.resolved_head_dim
-        self.block_size = config.block_size
-        hidden, inner = config.hidden_size, config.num_heads * config.resolved_head_dim
+        self.config, self.layer_idx, self.settings = config, layer_idx, settings
+        self.num_heads, self.head_dim = settings.num_heads, settings.head_dim
+        self.block_size = settings.block_size
+        hidden, inner = config.hidden_size, settings.num_heads * settings.head_dim
         self.q_proj = nn.Linear(hidden, inner, bias=False)
         self.k_proj = nn.Linear(hidden, inner, bias=False)
         self.v_proj = nn.Linear(hidden, inner, bias=False)
         self.o_proj = nn.Linear(inner, hidden, bias=False)
-        self.rotary = RotaryEmbedding(self.head_dim, theta=config.rope_theta) if config.diag_rotary else None
+        self.rotary = RotaryEmbedding(self.head_dim, theta=settings.rope_theta) if settings.rotary else None
 
     @staticmethod
-    def state_size(config) -> int:
-        return 2 * config.block_size * config.num_heads * config.resolved_head_dim  # k, v of one block
+    def state_size(config, settings) -> int:
+        return 2 * settings.block_size * settings.num_heads * settings.head_dim  # k, v of one block
 
     def _attend(self, q, k, v, cu_seqlens=None):
-        return block_attention(q, k, v, block_size=self.block_size, causal=self.config.causal,
-                               activation=self.config.diag_activation, cu_seqlens=cu_seqlens)
+        return block_attention(q, k, v, block_size=self.block_size, causal=self.settings.causal,
+                               activation=self.settings.activation, cu_seqlens=cu_seqlens)
 
     def forward(self, hidden_states, attention_mask=None, cache=None, cu_seqlens=None, position_ids=None):
-        _no_generation(self.config, cache, "DiagAttention")
+        _no_generation(self.settings, cache, "DiagAttention")
         if cache is not None and cu_seqlens is not None:
             raise ValueError("DiagAttention: cu_seqlens (packed sequences) cannot be combined with a cache")
         B, T, _ = hidden_states.shape
@@ -136,16 +180,11 @@ class DiagAttention(nn.Module):
         return self.o_proj(o.reshape(B, T, -1))
 
     def _padded(self, q, k, v, mask):
-        """Padding (left or right): pack each row's real tokens as one sequence, so blocks start at its first
-        real token, exactly as without padding."""
-        real = mask.bool()  # [B, T]
-        o = q.new_zeros(q.shape[:3] + (v.shape[-1],))
-        if not bool(real.any()):
-            return o
-        lens = real.sum(1)
-        cu = torch.cat([lens.new_zeros(1), lens.cumsum(0)]).to(torch.int32)
-        o[real] = self._attend(q[real][None], k[real][None], v[real][None], cu)[0]  # packed [1, N, H, D]
-        return o
+        """Padding (left or right): each row's real tokens run as one packed sequence, so blocks start at its
+        first real token, exactly as without padding."""
+        packed = padding.pack(mask)
+        o = self._attend(packed.pack(q), packed.pack(k), packed.pack(v), packed.cu_seqlens)  # [1, N, H, D]
+        return packed.unpack(o)
 
     def _step(self, q, k, v, attention_mask, state):
         """With a cache: the buffered keys/values of each row's unfinished block go in front of its new tokens,
