@@ -1,0 +1,124 @@
+"""Spark-Attention in plain PyTorch: query chunks of C rows against the keys they can see, never [T, T].
+
+Per chunk (and per group of query heads sharing a kv head), the predictor scores ``s1 [C, S]`` give each
+row's count, mean, std and max of the visible scores (no gradient: the selection is a step function), the
+threshold picks the keys, and the selected softmax times ``softplus(s2)`` weights the values. Memory is
+O(C·T) per chunk; under autograd each chunk is checkpointed (recomputed in the backward), so the saved
+activations are the inputs and the outputs only, not a [T, T] matrix summed over chunks.
+
+:func:`spark_attention_decode` is the one-token path for generation: the predictor scores read the first r
+dims of every cached key (kept as their own contiguous tensor), then only the selected keys' remaining dims
+and values are gathered.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..statistical_topk.reference import TINY_VAR
+from .reference import z_table
+
+
+def _thresholds(s1, vis, ztab, top_k):
+    """Per row of ``s1 [..., C, S]`` (visible where ``vis``): the effective threshold t_i (see reference)."""
+    n = vis.sum(-1, keepdim=True)
+    nc = n.clamp_min(1)
+    s1v = s1.masked_fill(~vis, 0.0)
+    mean = s1v.sum(-1, keepdim=True) / nc
+    var = (s1v - mean).masked_fill(~vis, 0.0).square().sum(-1, keepdim=True) / nc
+    theta = mean + var.clamp_min(TINY_VAR).sqrt() * ztab[n]
+    row_max = s1.masked_fill(~vis, float("-inf")).amax(-1, keepdim=True)
+    return torch.where(n > top_k, torch.minimum(theta, row_max), torch.full_like(theta, float("-inf")))
+
+
+def _chunk(qc, kc, vc, vis, ztab, r, top_k, scale):
+    # qc [B, Hkv, G, C, D]; kc [B, Hkv, 1, S, D]; vc [B, Hkv, 1, S, Dv]; vis [B, 1, 1, C, S]
+    s1 = (qc[..., :r] @ kc[..., :r].transpose(-1, -2)) * scale  # [B, Hkv, G, C, S]
+    with torch.no_grad():
+        thr = _thresholds(s1.detach(), vis, ztab, top_k)
+        selected = vis & (s1.detach() >= thr)
+    p = torch.softmax(s1.masked_fill(~selected, float("-inf")), dim=-1)
+    p = p.masked_fill(~selected, 0.0)  # a row with no visible key: zeros instead of NaN
+    s2 = (qc[..., r:] @ kc[..., r:].transpose(-1, -2)) * scale
+    return (p * F.softplus(s2)) @ vc  # [B, Hkv, G, C, Dv]
+
+
+def spark_attention_torch(q, k, v, predictor_dims, top_k=256, scale=None, cu_seqlens=None, key_mask=None,
+                          chunk_size=64):
+    B, Tq, H, D = q.shape
+    Tk, Hkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
+    G = H // Hkv
+    r = predictor_dims
+    scale = D**-0.5 if scale is None else scale
+    qh = q.float().view(B, Tq, Hkv, G, D).permute(0, 2, 3, 1, 4)  # [B, Hkv, G, Tq, D]
+    kh = k.float().permute(0, 2, 1, 3)[:, :, None]  # [B, Hkv, 1, Tk, D]
+    vh = v.float().permute(0, 2, 1, 3)[:, :, None]  # [B, Hkv, 1, Tk, Dv]
+    ztab = z_table(top_k, Tk, q.device)
+    seq = None
+    if cu_seqlens is not None:
+        seq = torch.bucketize(torch.arange(Tk, device=q.device), cu_seqlens.to(q.device)[1:], right=True)
+    offset = Tk - Tq
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    outs = []
+    for c0 in range(0, Tq, chunk_size):
+        c1 = min(c0 + chunk_size, Tq)
+        S = offset + c1  # keys visible to the chunk's last query
+        q_pos = offset + torch.arange(c0, c1, device=q.device)
+        vis = torch.arange(S, device=q.device)[None, :] <= q_pos[:, None]  # [C, S]
+        if seq is not None:
+            vis = vis & (seq[q_pos][:, None] == seq[None, :S])
+        vis = vis[None].expand(B, -1, -1)
+        if key_mask is not None:
+            vis = vis & key_mask[:, None, :S].bool()
+        vis = vis[:, None, None]  # [B, 1, 1, C, S]
+        args = (qh[:, :, :, c0:c1], kh[:, :, :, :S], vh[:, :, :, :S], vis, ztab, r, top_k, scale)
+        outs.append(checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args))
+    o = torch.cat(outs, dim=3)  # [B, Hkv, G, Tq, Dv]
+    return o.permute(0, 3, 1, 2, 4).reshape(B, Tq, H, Dv).to(q.dtype)
+
+
+def spark_attention_decode(q, k1, k2, v, top_k=256, scale=None, key_mask=None):
+    """One new query per sequence against a split KV cache (no autograd; the generation path).
+
+    Args:
+        q: ``[B, H, D]`` the new token's queries (D = r + D2), at the position of the last cached key.
+        k1: ``[B, Hkv, T, r]`` the cached keys' predictor dims; k2: ``[B, Hkv, T, D2]`` their other dims;
+        v: ``[B, Hkv, T, Dv]``; key_mask: optional ``[B, T]`` (False: a padding key).
+    Returns:
+        ``[B, H, Dv]`` in q's dtype.
+    """
+    B, H, D = q.shape
+    Hkv, T, r = k1.shape[1], k1.shape[2], k1.shape[3]
+    G = H // Hkv
+    scale = D**-0.5 if scale is None else scale
+    qg = q.view(B, Hkv, G, D).to(k1.dtype)
+    s1 = (qg[..., :r] @ k1.transpose(-1, -2)).float() * scale  # [B, Hkv, G, T]: reads only r dims per key
+    if key_mask is None and T <= top_k:
+        idx = None  # every key is selected: plain softmax over s1
+        vals, valid = s1, None
+    else:
+        if key_mask is None:
+            vis = torch.ones(1, 1, 1, T, dtype=torch.bool, device=q.device)
+        else:
+            vis = key_mask.bool()[:, None, None, :]
+        thr = _thresholds(s1, vis.expand_as(s1), z_table(top_k, T, q.device), top_k)
+        sel = vis & (s1 >= thr)
+        kmax = int(sel.sum(-1).max())
+        vals, idx = torch.topk(s1.masked_fill(~vis, float("-inf")), kmax, dim=-1, sorted=False)  # [B, Hkv, G, K]
+        valid = vals >= thr
+        if key_mask is not None:
+            valid = valid & sel.gather(-1, idx)
+    if idx is None:
+        k2s, vs = k2[:, :, None], v[:, :, None]  # [B, Hkv, 1, T, *]
+    else:
+        flat = idx.reshape(B, Hkv, G * idx.shape[-1], 1)
+        k2s = k2.gather(2, flat.expand(-1, -1, -1, k2.shape[-1])).view(B, Hkv, G, -1, k2.shape[-1])
+        vs = v.gather(2, flat.expand(-1, -1, -1, v.shape[-1])).view(B, Hkv, G, -1, v.shape[-1])
+    logits = vals if valid is None else vals.masked_fill(~valid, float("-inf"))
+    p = torch.softmax(logits, dim=-1)  # [B, Hkv, G, K]
+    s2 = (k2s @ qg[..., r:, None].to(k2s.dtype)).squeeze(-1).float() * scale  # [B, Hkv, G, K]
+    w = (p * F.softplus(s2)).to(vs.dtype)
+    o = (w[..., None, :] @ vs).squeeze(-2)  # [B, Hkv, G, Dv]
+    return o.reshape(B, H, -1).to(q.dtype)
