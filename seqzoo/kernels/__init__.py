@@ -5,6 +5,7 @@ from .delta_rule import delta_rule
 from .linear_attention import linear_attention
 from .rms_norm import rms_norm
 from .sparse_ffn import sparse_ffn
+from .spark_attention import spark_attention
 from .ssd import ssd_scan
 from .statistical_topk import statistical_topk
 
