@@ -9,5 +9,5 @@ from .spark_attention import spark_attention
 from .ssd import ssd_scan
 from .statistical_topk import statistical_topk
 
-__all__ = ["block_attention", "delta_rule", "linear_attention", "rms_norm", "sparse_ffn", "ssd_scan",
+__all__ = ["block_attention", "delta_rule", "linear_attention", "rms_norm", "spark_attention", "sparse_ffn", "ssd_scan",
            "statistical_topk"]
