@@ -8,9 +8,11 @@ import it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import difflib
 import importlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -126,3 +128,51 @@ def resolve_model_dir(path: str | os.PathLike, where: str) -> Path:
         raise ConfigError(f"{where}: {str(path)!r} has no config.json; expected a directory written by "
                           f"save_pretrained (e.g. a run's output_dir/final) or a run's output_dir")
     return p
+
+
+_STAGING = contextvars.ContextVar("seqzoo_staging", default=False)
+_WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model")
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | os.PathLike):
+    """Write a checkpoint folder so that a failed save never leaves a half-written one.
+
+    Yields a temporary folder beside ``target``; everything is written there. On success: when ``target`` does
+    not exist, the temporary folder is renamed to it (it appears complete, at once); when it exists, stale
+    weight files are removed and the new files are moved in by rename, ``config.json`` last, so the folder
+    never holds a partly written file. On failure the temporary folder is removed and ``target`` is left as it
+    was (the old checkpoint, or nothing). Nested calls (the model's save writing its config) write straight
+    into the outer call's folder.
+    """
+    target = os.path.abspath(os.fspath(target))
+    if _STAGING.get():
+        os.makedirs(target, exist_ok=True)
+        yield target
+        return
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{name}.partial-")
+    token = _STAGING.set(True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        _STAGING.reset(token)
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+    if not os.path.exists(target):
+        os.replace(tmp, target)
+        return
+    new = os.listdir(tmp)
+    if any(n.startswith(_WEIGHT_PREFIXES) for n in new):  # weights saved in another layout must not linger
+        for old in os.listdir(target):
+            if old.startswith(_WEIGHT_PREFIXES) and old not in new:
+                os.unlink(os.path.join(target, old))
+    for n in sorted(new, key=lambda n: n == "config.json"):
+        src, dst = os.path.join(tmp, n), os.path.join(target, n)
+        if os.path.isdir(dst) and not os.path.islink(dst):
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+    os.rmdir(tmp)
