@@ -11,7 +11,7 @@ import torch
 
 from .._backend import check_cu_seqlens, check_same_device, check_same_dtype, check_tensor, resolve_backend
 from .reference import spark_attention_reference, z_table
-from .torch_chunk import spark_attention_decode, spark_attention_torch
+from .torch_chunk import selection_counts, spark_attention_decode, spark_attention_torch
 
 OP = "spark_attention"
 MAX_TRITON_HEAD_DIM = 256
@@ -93,5 +93,5 @@ def spark_attention(
     return spark_attention_triton(q, k, v, predictor_dims, **kwargs)
 
 
-__all__ = ["spark_attention", "spark_attention_decode", "spark_attention_reference", "spark_attention_torch",
+__all__ = ["spark_attention", "selection_counts", "spark_attention_decode", "spark_attention_reference", "spark_attention_torch",
            "z_table"]

@@ -122,3 +122,40 @@ def spark_attention_decode(q, k1, k2, v, top_k=256, scale=None, key_mask=None):
     w = (p * F.softplus(s2)).to(vs.dtype)
     o = (w[..., None, :] @ vs).squeeze(-2)  # [B, Hkv, G, Dv]
     return o.reshape(B, H, -1).to(q.dtype)
+
+
+@torch.no_grad()
+def selection_counts(q, k, predictor_dims, top_k=256, scale=None, cu_seqlens=None, key_mask=None, chunk_size=64):
+    """How many keys each query selects and sees: ``(selected, visible)``, both int64 ``[B, Tq, H]``, for the
+    sparsity report (the same selection rule as :func:`spark_attention_torch`, chunked, no values)."""
+    B, Tq, H, D = q.shape
+    Tk, Hkv = k.shape[1], k.shape[2]
+    G, r = H // Hkv, predictor_dims
+    scale = D**-0.5 if scale is None else scale
+    qh = q.float()[..., :r].reshape(B, Tq, Hkv, G, r).permute(0, 2, 3, 1, 4)  # [B, Hkv, G, Tq, r]
+    kh = k.float()[..., :r].permute(0, 2, 1, 3)[:, :, None]  # [B, Hkv, 1, Tk, r]
+    ztab = z_table(top_k, Tk, q.device)
+    seq = None
+    if cu_seqlens is not None:
+        seq = torch.bucketize(torch.arange(Tk, device=q.device), cu_seqlens.to(q.device)[1:], right=True)
+    offset = Tk - Tq
+    sel_counts, vis_counts = [], []
+    for c0 in range(0, Tq, chunk_size):
+        c1 = min(c0 + chunk_size, Tq)
+        S = offset + c1
+        q_pos = offset + torch.arange(c0, c1, device=q.device)
+        vis = torch.arange(S, device=q.device)[None, :] <= q_pos[:, None]
+        if seq is not None:
+            vis = vis & (seq[q_pos][:, None] == seq[None, :S])
+        vis = vis[None].expand(B, -1, -1)
+        if key_mask is not None:
+            vis = vis & key_mask[:, None, :S].bool()
+        vis = vis[:, None, None]  # [B, 1, 1, C, S]
+        s1 = (qh[:, :, :, c0:c1] @ kh[:, :, :, :S].transpose(-1, -2)) * scale  # [B, Hkv, G, C, S]
+        vis = vis.expand_as(s1)
+        thr = _thresholds(s1, vis, ztab, top_k)
+        sel_counts.append((vis & (s1 >= thr)).sum(-1))
+        vis_counts.append(vis.sum(-1))
+    def to_bth(x):  # [B, Hkv, G, Tq] -> [B, Tq, H]
+        return x.permute(0, 3, 1, 2).reshape(B, Tq, H)
+    return to_bth(torch.cat(sel_counts, -1)), to_bth(torch.cat(vis_counts, -1))
