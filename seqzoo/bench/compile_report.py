@@ -287,6 +287,12 @@ def compile_launch(launch: Launch, config, arch: int = 90) -> dict:
     return row
 
 
+def config_desc(cfg) -> str:
+    """``BV=32 w4 s2``: the config's meta-parameters, warps and stages."""
+    desc = ",".join(f"{k}={v}" for k, v in cfg.kwargs.items())
+    return (desc + " " if desc else "") + f"w{cfg.num_warps} s{cfg.num_stages}"
+
+
 def report(ops, dtype="bf16", dims=None, first_config=False, verbose=True) -> list[dict]:
     rows = []
     for op in ops:
@@ -296,8 +302,7 @@ def report(ops, dtype="bf16", dims=None, first_config=False, verbose=True) -> li
             if first_config:
                 configs = configs[:1]
             for cfg in configs:
-                desc = ",".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-                desc = (desc + " " if desc else "") + f"w{cfg.num_warps} s{cfg.num_stages}"
+                desc = config_desc(cfg)
                 row = {"op": op, "kernel": launch.name, "config": desc, "case": f"{dtype} D={D}",
                        "grid": "x".join(map(str, launch.grid_for(cfg)))}
                 try:

@@ -137,25 +137,47 @@ def check_same_dtype(op: str, **tensors) -> torch.dtype:
     return first
 
 
-def check_cu_seqlens(op: str, cu_seqlens, batch: int, seq_len: int) -> torch.Tensor | None:
-    """Validate packed-sequence offsets: 1-D int, starts at 0, ends at T, non-decreasing, and batch == 1."""
+def check_cu_seqlens(op: str, cu_seqlens, batch: int, seq_len: int, cu_seqlens_cpu=None) -> torch.Tensor | None:
+    """Validate packed-sequence offsets: 1-D int, starts at 0, ends at T, non-decreasing, and batch == 1.
+
+    The values are checked on a host copy: ``cu_seqlens_cpu`` when given (then nothing synchronizes; it
+    must hold the same offsets as ``cu_seqlens``), else one device->host copy. Returns ``cu_seqlens``;
+    :func:`check_varlen` returns the host copy for the caller to reuse."""
+    check_varlen(op, cu_seqlens, batch, seq_len, cu_seqlens_cpu)
+    return cu_seqlens
+
+
+def check_varlen(op: str, cu_seqlens, batch: int, seq_len: int, cu_seqlens_cpu=None) -> torch.Tensor | None:
+    """:func:`check_cu_seqlens` returning the validated host copy of the offsets (None for dense inputs)."""
     if cu_seqlens is None:
+        if cu_seqlens_cpu is not None:
+            raise ValueError(f"{op}: cu_seqlens_cpu was given without cu_seqlens; pass both or neither")
         return None
     check_tensor(op, "cu_seqlens", cu_seqlens, ndim=1, dtypes=INDEX_DTYPES)
     if batch != 1:
         raise ValueError(
             f"{op}: cu_seqlens packs sequences along T and needs batch size 1, got batch size {batch}"
         )
-    if cu_seqlens.numel() < 2:
-        raise ValueError(f"{op}: cu_seqlens needs at least 2 entries [0, ..., T], got {cu_seqlens.tolist()}")
-    cpu = cu_seqlens.detach().cpu()
+    if cu_seqlens_cpu is not None:
+        check_tensor(op, "cu_seqlens_cpu", cu_seqlens_cpu, ndim=1, dtypes=INDEX_DTYPES)
+        if cu_seqlens_cpu.device.type != "cpu":
+            raise ValueError(f"{op}: cu_seqlens_cpu must be a CPU tensor (the host copy), got one on "
+                             f"{cu_seqlens_cpu.device}")
+        if cu_seqlens_cpu.shape != cu_seqlens.shape:
+            raise ValueError(f"{op}: cu_seqlens_cpu has shape {list(cu_seqlens_cpu.shape)} but cu_seqlens has "
+                             f"{list(cu_seqlens.shape)}; it must be a host copy of cu_seqlens")
+        cpu = cu_seqlens_cpu
+    else:
+        cpu = cu_seqlens.detach().cpu()
+    if cpu.numel() < 2:
+        raise ValueError(f"{op}: cu_seqlens needs at least 2 entries [0, ..., T], got {cpu.tolist()}")
     if int(cpu[0]) != 0 or int(cpu[-1]) != seq_len:
         raise ValueError(
             f"{op}: cu_seqlens must start at 0 and end at T={seq_len}, got first={int(cpu[0])}, last={int(cpu[-1])}"
         )
     if bool((cpu[1:] < cpu[:-1]).any()):
         raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {cpu.tolist()}")
-    return cu_seqlens
+    return cpu
 
 
 def num_sequences(batch: int, cu_seqlens) -> int:

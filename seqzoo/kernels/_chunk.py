@@ -11,6 +11,9 @@ Pieces:
 - :func:`unpack_varlen` / :func:`pack_varlen`: packed ``[1, T, ...]`` <-> padded ``[N, L, ...]``.
 - :func:`chunk_indices`, :func:`chunk_offsets`: the tables a varlen Triton kernel needs to map a program
   id to (sequence, chunk-in-sequence) and a sequence to its first chunk in a per-chunk buffer.
+- :func:`varlen_host`, :func:`num_chunks`, :func:`varlen_chunk_tables`: the same tables without a host sync
+  when a host copy of ``cu_seqlens`` is at hand (``cu_seqlens_cpu``, as in fla). Dense inputs need no
+  tables at all: kernels index them directly (``seqzoo.kernels._triton_utils.chunk_span``).
 - :func:`l2_normalize`: ``x / sqrt(sum(x^2) + eps)`` over the last dim, computed in fp32.
 
 Once a function is here other ops depend on it: extend, never change a signature or a meaning.
@@ -31,6 +34,9 @@ __all__ = [
     "pack_varlen",
     "chunk_indices",
     "chunk_offsets",
+    "num_chunks",
+    "varlen_host",
+    "varlen_chunk_tables",
     "l2_normalize",
 ]
 
@@ -85,15 +91,19 @@ def _varlen_index(cu_seqlens: torch.Tensor, max_len: int) -> tuple[torch.Tensor,
 
 
 def unpack_varlen(
-    x: torch.Tensor, cu_seqlens: torch.Tensor, *, multiple: int = 1, max_len: int | None = None
+    x: torch.Tensor, cu_seqlens: torch.Tensor, *, multiple: int = 1, max_len: int | None = None,
+    longest: int | None = None,
 ) -> torch.Tensor:
     """Packed ``[1, T, *rest]`` -> zero-padded ``[N, L, *rest]`` where sequence ``n`` occupies
     ``out[n, :len_n]``. ``L`` is ``max_len`` (default: the longest sequence) rounded up to ``multiple``
-    (at least ``multiple`` so the result is never empty along time). Differentiable (a gather)."""
+    (at least ``multiple`` so the result is never empty along time). Differentiable (a gather).
+    ``longest``: the longest sequence's length when the caller knows it on the host (e.g. from
+    ``cu_seqlens_cpu``); it saves reading it back from the device (a sync)."""
     if x.shape[0] != 1:
         raise ValueError(f"unpack_varlen: x must have batch size 1 (packed), got shape {list(x.shape)}")
     lens = seq_lens(cu_seqlens)
-    longest = int(lens.max().item()) if lens.numel() else 0
+    if longest is None:
+        longest = int(lens.max().item()) if lens.numel() else 0
     L = longest if max_len is None else max(int(max_len), longest)
     L = max(ceil_div(L, multiple) * multiple, multiple)
     idx, valid = _varlen_index(cu_seqlens, L)
@@ -109,18 +119,19 @@ def pack_varlen(y: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
     return y[valid].unsqueeze(0)
 
 
-def chunk_indices(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def chunk_indices(cu_seqlens: torch.Tensor, chunk_size: int, *, num_chunks: int | None = None) -> torch.Tensor:
     """int32 ``[NC, 2]``: for each chunk of the packed batch, ``(sequence n, chunk index within n)``.
 
     Chunks never straddle a sequence boundary; sequence ``n`` has ``ceil(len_n / chunk_size)`` chunks
     (zero for an empty sequence). A chunk-parallel kernel launches ``NC`` programs along one grid axis and
     reads its row to find ``bos = cu_seqlens[n] + i * chunk_size`` and ``eos = min(bos + chunk_size,
-    cu_seqlens[n + 1])``.
+    cu_seqlens[n + 1])``. ``num_chunks`` (``NC``, known on the host, see :func:`num_chunks`) makes the
+    construction sync-free on a GPU; without it ``NC`` is read back from the device.
     """
     lens = seq_lens(cu_seqlens).long()
     nt = (lens + chunk_size - 1) // chunk_size
     offsets = torch.cat([nt.new_zeros(1), nt.cumsum(0)])
-    total = int(offsets[-1].item())
+    total = int(offsets[-1].item()) if num_chunks is None else int(num_chunks)
     seq = torch.repeat_interleave(torch.arange(nt.numel(), device=cu_seqlens.device), nt, output_size=total)
     within = torch.arange(total, device=cu_seqlens.device) - offsets[seq]
     return torch.stack([seq, within], dim=1).to(torch.int32).contiguous()
@@ -133,6 +144,34 @@ def chunk_offsets(cu_seqlens: torch.Tensor, chunk_size: int) -> torch.Tensor:
     lens = seq_lens(cu_seqlens).long()
     nt = (lens + chunk_size - 1) // chunk_size
     return torch.cat([nt.new_zeros(1), nt.cumsum(0)]).to(torch.int32).contiguous()
+
+
+def num_chunks(cu_seqlens_cpu: torch.Tensor, chunk_size: int) -> int:
+    """``NC = sum_n ceil(len_n / chunk_size)`` from a host copy of ``cu_seqlens`` (no device work)."""
+    if cu_seqlens_cpu.device.type != "cpu":
+        raise ValueError(f"num_chunks: cu_seqlens_cpu must be a CPU tensor, got one on {cu_seqlens_cpu.device}")
+    lens = seq_lens(cu_seqlens_cpu).long()
+    return int(((lens + chunk_size - 1) // chunk_size).sum())
+
+
+def varlen_host(cu_seqlens: torch.Tensor, cu_seqlens_cpu: torch.Tensor | None = None) -> torch.Tensor:
+    """The host copy of ``cu_seqlens``: ``cu_seqlens_cpu`` when the caller has one (no sync), else one
+    device->host copy (a sync on CUDA; a no-op for CPU tensors)."""
+    if cu_seqlens_cpu is not None:
+        return cu_seqlens_cpu
+    return cu_seqlens.detach().to("cpu")
+
+
+def varlen_chunk_tables(
+    cu_seqlens: torch.Tensor, chunk_size: int, cu_seqlens_cpu: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(cu int32 [N + 1], chunk table int32 [NC, 2], chunk offsets int32 [N + 1])`` on ``cu_seqlens``'s
+    device for a packed batch. The tables are built on the device from ``cu_seqlens`` itself; the host copy
+    only supplies ``NC`` (the grid size), so with ``cu_seqlens_cpu`` given nothing synchronizes."""
+    host = varlen_host(cu_seqlens, cu_seqlens_cpu)
+    cu = cu_seqlens.to(torch.int32).contiguous()
+    nc = num_chunks(host, chunk_size)
+    return cu, chunk_indices(cu, chunk_size, num_chunks=nc), chunk_offsets(cu, chunk_size)
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

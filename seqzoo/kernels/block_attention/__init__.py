@@ -9,7 +9,7 @@ import torch
 
 from .._backend import (
     check_choice,
-    check_cu_seqlens,
+    check_varlen,
     check_same_device,
     check_same_dtype,
     check_tensor,
@@ -33,6 +33,7 @@ def block_attention(
     activation: str = "softmax",
     scale: float | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Attention restricted to the block of ``block_size`` tokens that holds the query.
@@ -48,6 +49,8 @@ def block_attention(
         scale: defaults to ``D ** -0.5``.
         cu_seqlens: optional ``[N + 1]`` offsets of packed sequences (B = 1); blocks restart at every
             sequence start, so the result equals running each sequence alone.
+        cu_seqlens_cpu: optional host (CPU) copy of ``cu_seqlens``: a packed call then makes no device->host
+            copy (without it, one small copy syncs). Dense inputs never sync.
         backend: ``"auto" | "triton" | "torch" | "reference"``.
 
     Returns:
@@ -68,7 +71,7 @@ def block_attention(
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not math.isfinite(scale)):
         raise TypeError(f"{OP}: scale must be None or a finite float, got {scale!r}")
-    check_cu_seqlens(OP, cu_seqlens, B, T)
+    cu_host = check_varlen(OP, cu_seqlens, B, T, cu_seqlens_cpu)
     check_same_device(OP, q=q, k=k, v=v, cu_seqlens=cu_seqlens)
     backend = resolve_backend(backend, q.device, OP)
     kwargs = dict(block_size=block_size, causal=causal, activation=activation,
@@ -80,7 +83,7 @@ def block_attention(
     if backend == "torch":
         from .torch_chunk import block_attention_torch
 
-        return block_attention_torch(q, k, v, **kwargs)
+        return block_attention_torch(q, k, v, **kwargs, cu_seqlens_cpu=cu_host)
     if D > MAX_TRITON_HEAD_DIM or v.shape[-1] > MAX_TRITON_HEAD_DIM:
         raise ValueError(
             f"{OP}: backend='triton' supports head dims up to {MAX_TRITON_HEAD_DIM}, got D={D} (q) and "
@@ -88,4 +91,4 @@ def block_attention(
         )
     from .triton_block import block_attention_triton
 
-    return block_attention_triton(q, k, v, **kwargs)
+    return block_attention_triton(q, k, v, **kwargs, cu_seqlens_cpu=cu_host)

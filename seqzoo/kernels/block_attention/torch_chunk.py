@@ -12,7 +12,9 @@ from .._chunk import pack_varlen, pad_time, seq_lens, unpack_varlen, unpad_time
 
 
 def block_attention_torch(q, k, v, block_size=64, causal=True, activation="softmax", scale=None,
-                          cu_seqlens=None):
+                          cu_seqlens=None, cu_seqlens_cpu=None):
+    """Inputs already checked. Dense inputs read nothing back from the device (``torch.compile`` traces them
+    whole); packed ones take the longest length from ``cu_seqlens_cpu`` when given."""
     B, T, H, D = q.shape
     Dv = v.shape[-1]
     w = block_size
@@ -22,7 +24,10 @@ def block_attention_torch(q, k, v, block_size=64, causal=True, activation="softm
         qf, kf, vf = (pad_time(x, w) for x in (qf, kf, vf))
         lengths = torch.full((B,), T, dtype=torch.long, device=q.device)
     else:
-        qf, kf, vf = (unpack_varlen(x, cu_seqlens, multiple=w) for x in (qf, kf, vf))  # [N, Tp, H, *]
+        longest = None
+        if cu_seqlens_cpu is not None:
+            longest = int(seq_lens(cu_seqlens_cpu).max()) if cu_seqlens_cpu.numel() > 1 else 0
+        qf, kf, vf = (unpack_varlen(x, cu_seqlens, multiple=w, longest=longest) for x in (qf, kf, vf))
         lengths = seq_lens(cu_seqlens).long()
     N, Tp = qf.shape[:2]
     nb = Tp // w

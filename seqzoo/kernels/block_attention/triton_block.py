@@ -9,6 +9,10 @@ forward  ``_fwd``   per (query tile, head): flash-style online softmax over the 
 backward ``_bwd_dkv`` per (key tile, head): loops over the query tiles of the same block(s): dk, dv.
          ``_bwd_dq``  per (query tile, head): loops over the key tiles: dq.
          (softmax) ``delta_i = do_i·o_i`` is one fused torch reduction before them.
+
+Tiles of a dense batch are indexed directly (``chunk_locate``: sequence ``n = tile // ceil(T / BM)`` starts at
+token ``n·T``), so a dense call builds no table and reads nothing back from the device; packed sequences use a
+tile table built on the device. Offsets are int64; tiles are on grid x.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import triton
 import triton.language as tl
 
 from .._backend import autotune_configs, next_power_of_2
+from .._chunk import ceil_div, varlen_chunk_tables
+from .._triton_utils import chunk_locate
 from .._triton_utils import dot as _dot
-from ..linear_attention.triton_chunk import chunk_tables
 
 NEG = tl.constexpr(-1.0e30)  # finite "minus infinity": a fully masked (padding) row never turns into NaN
 _CFG = dict(grid={}, num_warps=[4, 8], num_stages=[2])
@@ -41,15 +46,14 @@ def _scores(b_q, b_k, r_q, r_k, n_len, w, scale, CAUSAL: tl.constexpr):
 
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=_KEY)
-@triton.jit
-def _fwd(q, k, v, o, lse, cu, tab, scale, w,
+@triton.jit(do_not_specialize=["T"])
+def _fwd(q, k, v, o, lse, cu, tab, scale, w, T,
          H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-         BDV: tl.constexpr, CAUSAL: tl.constexpr, RELU: tl.constexpr):
+         BDV: tl.constexpr, CAUSAL: tl.constexpr, RELU: tl.constexpr, IS_VARLEN: tl.constexpr):
     i_t, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(tab + 2 * i_t).to(tl.int64)
-    bos = tl.load(cu + i_n).to(tl.int64)
-    n_len = tl.load(cu + i_n + 1).to(tl.int64) - bos
-    q0 = tl.load(tab + 2 * i_t + 1).to(tl.int64) * BM  # first row, relative to the sequence start
+    _, bos, eos, i_tile = chunk_locate(tab, cu, i_t, BM, T, IS_VARLEN)
+    n_len = eos - bos
+    q0 = i_tile * BM  # first row, relative to the sequence start
     r_q = q0 + tl.arange(0, BM)
     o_d, o_dv = tl.arange(0, BD), tl.arange(0, BDV)
     m_q = r_q < n_len
@@ -106,15 +110,14 @@ def _probs_grad(b_q, b_k, b_v, b_do, b_lse, b_delta, r_q, r_k, n_len, w, scale,
 
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=_KEY)
-@triton.jit
-def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, cu, tab, scale, w,
+@triton.jit(do_not_specialize=["T"])
+def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, cu, tab, scale, w, T,
              H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-             BDV: tl.constexpr, CAUSAL: tl.constexpr, RELU: tl.constexpr):
+             BDV: tl.constexpr, CAUSAL: tl.constexpr, RELU: tl.constexpr, IS_VARLEN: tl.constexpr):
     i_t, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(tab + 2 * i_t).to(tl.int64)
-    bos = tl.load(cu + i_n).to(tl.int64)
-    n_len = tl.load(cu + i_n + 1).to(tl.int64) - bos
-    k0 = tl.load(tab + 2 * i_t + 1).to(tl.int64) * BM
+    _, bos, eos, i_tile = chunk_locate(tab, cu, i_t, BM, T, IS_VARLEN)
+    n_len = eos - bos
+    k0 = i_tile * BM
     r_k = k0 + tl.arange(0, BM)
     o_d, o_dv = tl.arange(0, BD), tl.arange(0, BDV)
     m_k = r_k < n_len
@@ -151,15 +154,14 @@ def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, cu, tab, scale, w,
 
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=_KEY)
-@triton.jit
-def _bwd_dq(q, k, v, do, lse, delta, dq, cu, tab, scale, w,
+@triton.jit(do_not_specialize=["T"])
+def _bwd_dq(q, k, v, do, lse, delta, dq, cu, tab, scale, w, T,
             H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
-            BDV: tl.constexpr, CAUSAL: tl.constexpr, RELU: tl.constexpr):
+            BDV: tl.constexpr, CAUSAL: tl.constexpr, RELU: tl.constexpr, IS_VARLEN: tl.constexpr):
     i_t, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(tab + 2 * i_t).to(tl.int64)
-    bos = tl.load(cu + i_n).to(tl.int64)
-    n_len = tl.load(cu + i_n + 1).to(tl.int64) - bos
-    q0 = tl.load(tab + 2 * i_t + 1).to(tl.int64) * BM
+    _, bos, eos, i_tile = chunk_locate(tab, cu, i_t, BM, T, IS_VARLEN)
+    n_len = eos - bos
+    q0 = i_tile * BM
     r_q = q0 + tl.arange(0, BM)
     o_d, o_dv = tl.arange(0, BD), tl.arange(0, BDV)
     m_q = r_q < n_len
@@ -193,20 +195,24 @@ def _bwd_dq(q, k, v, do, lse, delta, dq, cu, tab, scale, w,
 
 class _BlockAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, w, causal, relu, scale, cu_seqlens):
+    def forward(ctx, q, k, v, w, causal, relu, scale, cu_seqlens, cu_seqlens_cpu=None):
         B, T, H, D = q.shape
         DV = v.shape[-1]
         BM = _tile(w)
-        cu, tab, _ = chunk_tables(cu_seqlens, B, T, BM, q.device)
+        if cu_seqlens is None:  # dense: tiles indexed directly, no table
+            cu, tab, n_tiles, t_arg = None, None, B * ceil_div(T, BM), T
+        else:
+            cu, tab, _ = varlen_chunk_tables(cu_seqlens, BM, cu_seqlens_cpu)
+            n_tiles, t_arg = tab.shape[0], 0
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         o = torch.empty_like(v)
         lse = None if relu else q.new_empty(B, T, H, dtype=torch.float32)
         meta = dict(H=H, D=D, DV=DV, BM=BM, BD=max(16, next_power_of_2(D)), BDV=max(16, next_power_of_2(DV)),
-                    CAUSAL=causal, RELU=relu)
-        if tab.shape[0] > 0:
-            _fwd[(tab.shape[0], H)](q, k, v, o, lse, cu, tab, scale, w, **meta)
+                    CAUSAL=causal, RELU=relu, IS_VARLEN=cu is not None)
+        if n_tiles > 0:
+            _fwd[(n_tiles, H)](q, k, v, o, lse, cu, tab, scale, w, t_arg, **meta)
         ctx.save_for_backward(q, k, v, o, lse, cu, tab)
-        ctx.meta, ctx.scale, ctx.w = meta, scale, w
+        ctx.meta, ctx.scale, ctx.w, ctx.n_tiles, ctx.t_arg = meta, scale, w, n_tiles, t_arg
         return o
 
     @staticmethod
@@ -216,14 +222,15 @@ class _BlockAttention(torch.autograd.Function):
         do = do.contiguous()
         delta = None if meta["RELU"] else (do.float() * o.float()).sum(-1)  # [B, T, H]
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        if tab.shape[0] > 0:
-            grid = (tab.shape[0], meta["H"])
-            _bwd_dkv[grid](q, k, v, do, lse, delta, dk, dv, cu, tab, ctx.scale, ctx.w, **meta)
-            _bwd_dq[grid](q, k, v, do, lse, delta, dq, cu, tab, ctx.scale, ctx.w, **meta)
-        return dq, dk, dv, None, None, None, None, None
+        if ctx.n_tiles > 0:
+            grid = (ctx.n_tiles, meta["H"])
+            _bwd_dkv[grid](q, k, v, do, lse, delta, dk, dv, cu, tab, ctx.scale, ctx.w, ctx.t_arg, **meta)
+            _bwd_dq[grid](q, k, v, do, lse, delta, dq, cu, tab, ctx.scale, ctx.w, ctx.t_arg, **meta)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def block_attention_triton(q, k, v, block_size=64, causal=True, activation="softmax", scale=None,
-                           cu_seqlens=None):
+                           cu_seqlens=None, cu_seqlens_cpu=None):
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return _BlockAttention.apply(q, k, v, block_size, causal, activation == "relu", scale, cu_seqlens)
+    return _BlockAttention.apply(q, k, v, block_size, causal, activation == "relu", scale, cu_seqlens,
+                                 cu_seqlens_cpu)

@@ -23,7 +23,8 @@ OP = "delta_rule"
 MAX_TRITON_HEAD_DIM = 256
 
 
-def _check(q, k, v, beta, scale, initial_state, cu_seqlens, op=OP):
+def _check(q, k, v, beta, scale, initial_state, cu_seqlens, cu_seqlens_cpu=None, op=OP):
+    """Validate the inputs; returns ``(scale, host copy of cu_seqlens or None)``."""
     B.check_tensor(op, "q", q, ndim=4, layout="[B, T, H, K]")
     Bsz, T, H, K = q.shape
     B.check_tensor(op, "k", k, shape=(Bsz, T, H, K), layout="[B, T, H, K] (the shape of q)")
@@ -36,7 +37,7 @@ def _check(q, k, v, beta, scale, initial_state, cu_seqlens, op=OP):
         raise ValueError(f"{op}: q has T={T} time steps (shape {list(q.shape)}), expected T >= 1")
     if K < 1 or V < 1 or H < 1 or Bsz < 1:
         raise ValueError(f"{op}: empty dims in q {list(q.shape)} / v {list(v.shape)}, expected B, H, K, V >= 1")
-    B.check_cu_seqlens(op, cu_seqlens, Bsz, T)
+    cu_host = B.check_varlen(op, cu_seqlens, Bsz, T, cu_seqlens_cpu)
     N = B.num_sequences(Bsz, cu_seqlens)
     if initial_state is not None:
         B.check_tensor(op, "initial_state", initial_state, shape=(N, H, K, V), layout="[N, H, K, V]")
@@ -44,7 +45,7 @@ def _check(q, k, v, beta, scale, initial_state, cu_seqlens, op=OP):
         scale = K ** -0.5
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
         raise TypeError(f"{op}: scale must be a float or None, got {type(scale).__name__}")
-    return float(scale)
+    return float(scale), cu_host
 
 
 def delta_rule(
@@ -57,6 +58,7 @@ def delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
     use_qk_l2norm: bool = False,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -73,6 +75,9 @@ def delta_rule(
         output_final_state: also return the ``[N, H, K, V]`` fp32 state after the last token.
         cu_seqlens: ``[N + 1]`` int offsets of packed sequences (then ``B`` must be 1); each sequence
             is processed as if alone, with its own initial and final state.
+        cu_seqlens_cpu: optional host (CPU) copy of ``cu_seqlens``. With it a packed call makes no
+            device->host copy (the chunk count comes from it); without it one small copy syncs. Dense
+            inputs (no ``cu_seqlens``) never sync.
         use_qk_l2norm: L2-normalize q and k over their last dim first (inside the differentiable graph).
         backend: ``"auto" | "triton" | "torch" | "reference"``.
 
@@ -80,7 +85,7 @@ def delta_rule(
         ``(o, final_state)``: ``o`` is ``[B, T, H, V]`` in v's dtype; ``final_state`` is ``[N, H, K, V]``
         fp32, or ``None`` unless ``output_final_state``.
     """
-    scale = _check(q, k, v, beta, scale, initial_state, cu_seqlens)
+    scale, cu_host = _check(q, k, v, beta, scale, initial_state, cu_seqlens, cu_seqlens_cpu)
     backend = B.resolve_backend(backend, q.device, OP)
     if use_qk_l2norm:
         q, k = l2_normalize(q), l2_normalize(k)
@@ -91,7 +96,7 @@ def delta_rule(
     elif backend == "torch":
         from .torch_chunk import delta_rule_torch
 
-        o, final = delta_rule_torch(q, k, v, beta, scale, initial_state, cu_seqlens)
+        o, final = delta_rule_torch(q, k, v, beta, scale, initial_state, cu_seqlens, cu_seqlens_cpu=cu_host)
     else:
         K, V = q.shape[-1], v.shape[-1]
         if K > MAX_TRITON_HEAD_DIM or V > MAX_TRITON_HEAD_DIM:
@@ -101,7 +106,7 @@ def delta_rule(
             )
         from .triton_chunk import delta_rule_triton_chunk
 
-        o, final = delta_rule_triton_chunk(q, k, v, beta, scale, initial_state, cu_seqlens)
+        o, final = delta_rule_triton_chunk(q, k, v, beta, scale, initial_state, cu_seqlens, cu_host)
     return o, (final if output_final_state else None)
 
 
@@ -115,6 +120,7 @@ def fused_recurrent_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
     use_qk_l2norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The same function as :func:`delta_rule` computed token by token in one Triton kernel (one program
@@ -125,7 +131,7 @@ def fused_recurrent_delta_rule(
     Arguments and returns as in :func:`delta_rule`; needs CUDA tensors (or ``TRITON_INTERPRET=1``).
     """
     op = "fused_recurrent_delta_rule"
-    scale = _check(q, k, v, beta, scale, initial_state, cu_seqlens, op=op)
+    scale, cu_host = _check(q, k, v, beta, scale, initial_state, cu_seqlens, cu_seqlens_cpu, op=op)
     B.resolve_backend("triton", q.device, op)
     K, V = q.shape[-1], v.shape[-1]
     if K > MAX_TRITON_HEAD_DIM or V > MAX_TRITON_HEAD_DIM:
@@ -141,7 +147,7 @@ def fused_recurrent_delta_rule(
     if needs_grad:
         from .triton_chunk import delta_rule_triton_chunk
 
-        o, final = delta_rule_triton_chunk(q, k, v, beta, scale, initial_state, cu_seqlens)
+        o, final = delta_rule_triton_chunk(q, k, v, beta, scale, initial_state, cu_seqlens, cu_host)
     else:
         from .triton_recurrent import delta_rule_triton_recurrent
 

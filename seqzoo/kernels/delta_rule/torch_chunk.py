@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .._chunk import pack_varlen, pad_time, unpack_varlen
+from .._chunk import pack_varlen, pad_time, seq_lens, unpack_varlen
 
 CHUNK = 64
 BLOCK = 16  # the diagonal blocks of (I + A) inverted by doubling
@@ -93,15 +93,24 @@ def _chunked(q, k, v, beta, state, chunk: int, scale: float):
     return o, s.reshape(B, H, K, V)
 
 
-def delta_rule_torch(q, k, v, beta, scale, initial_state=None, cu_seqlens=None, chunk: int = CHUNK):
-    """Inputs already checked; returns ``(o [B, T, H, V] in v.dtype, final_state [N, H, K, V] fp32)``."""
+def _longest(cu_host: torch.Tensor) -> int:
+    lens = seq_lens(cu_host)
+    return int(lens.max()) if lens.numel() else 0
+
+
+def delta_rule_torch(q, k, v, beta, scale, initial_state=None, cu_seqlens=None, chunk: int = CHUNK,
+                     cu_seqlens_cpu=None):
+    """Inputs already checked; returns ``(o [B, T, H, V] in v.dtype, final_state [N, H, K, V] fp32)``.
+    Dense inputs read nothing back from the device (no ``.item()``: ``torch.compile`` traces it whole);
+    packed ones take the longest length from ``cu_seqlens_cpu`` when given."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     out_dtype = v.dtype
     qf, kf, vf, bf = q.float(), k.float(), v.float(), beta.float()
     if cu_seqlens is not None:
         # packed [1, T, ...] -> padded [N, L, ...]; zero keys and zero beta leave the state unchanged
-        qf, kf, vf, bf = (unpack_varlen(x, cu_seqlens, multiple=chunk) for x in (qf, kf, vf, bf))
+        longest = None if cu_seqlens_cpu is None else _longest(cu_seqlens_cpu)
+        qf, kf, vf, bf = (unpack_varlen(x, cu_seqlens, multiple=chunk, longest=longest) for x in (qf, kf, vf, bf))
     else:
         qf, kf, vf, bf = (pad_time(x, chunk) for x in (qf, kf, vf, bf))
     N = qf.shape[0]

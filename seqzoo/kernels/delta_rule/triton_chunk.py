@@ -29,8 +29,9 @@ import triton
 import triton.language as tl
 
 from .._backend import autotune_configs, next_power_of_2
+from .._triton_utils import chunk_span, seq_span
 from .._triton_utils import dot as _mm
-from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
+from .._chunk import ceil_div, varlen_chunk_tables
 
 BT = 64  # chunk length for head dims up to 128; 32 above (keeps the [BT, K] fp32 tiles within shared memory)
 
@@ -50,22 +51,19 @@ def _block(n: int) -> int:
 
 
 @triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK"])
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _wy_fwd_kernel(
-    k, v, beta, ainv, w, u, cu_seqlens, chunk_idx,
+    k, v, beta, ainv, w, u, cu_seqlens, chunk_idx, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_idx + i_c * 2)
-    i_t = tl.load(chunk_idx + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    _, t0, L = chunk_span(chunk_idx, cu_seqlens, i_c, BT, T, IS_VARLEN)
     DT = k.dtype.element_ty
 
     o_t = tl.arange(0, BT)
-    rows = bos + i_t * BT + o_t  # token indices of this chunk
-    m_t = rows < eos
+    rows = t0 + o_t  # token indices of this chunk (int64)
+    m_t = o_t < L
     o_k = tl.arange(0, BK)
     m_k = o_k < K
 
@@ -102,18 +100,16 @@ def _wy_fwd_kernel(
 
 
 @triton.autotune(configs=autotune_configs({"BV": [32, 64]}, num_warps=[4], num_stages=[2, 3]), key=["K", "V", "BK"])
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _state_fwd_kernel(
-    k, w, u, h0, h, vnew, ht, cu_seqlens, chunk_off,
+    k, w, u, h0, h, vnew, ht, cu_seqlens, chunk_off, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)  # sequences x heads on grid x (no 65535 cap)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_off + i_n).to(tl.int64)
+    bos, eos, c0 = seq_span(cu_seqlens, chunk_off, i_n, BT, T, IS_VARLEN)
     nt = tl.cdiv(eos - bos, BT).to(tl.int32)
     DT = k.dtype.element_ty
 
@@ -126,7 +122,7 @@ def _state_fwd_kernel(
 
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
-        b_h += tl.load(h0 + (i_n * H + i_h) * K * V + p_state, mask=m_kv, other=0.0)
+        b_h += tl.load(h0 + i_nh * K * V + p_state, mask=m_kv, other=0.0)
     for i_t in range(0, nt):
         tl.store(h + ((c0 + i_t) * H + i_h) * K * V + p_state, b_h, mask=m_kv)  # S entering the chunk
         rows = bos + i_t * BT + o_t
@@ -139,7 +135,7 @@ def _state_fwd_kernel(
         b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
         b_h += _mm(tl.trans(b_k.to(DT)), b_vn.to(DT))  # S += K^T V_new
     if STORE_HT:
-        tl.store(ht + (i_n * H + i_h) * K * V + p_state, b_h, mask=m_kv)
+        tl.store(ht + i_nh * K * V + p_state, b_h, mask=m_kv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,22 +144,19 @@ def _state_fwd_kernel(
 
 
 @triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"])
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _output_fwd_kernel(
-    q, k, vnew, h, o, scale, cu_seqlens, chunk_idx,
+    q, k, vnew, h, o, scale, cu_seqlens, chunk_idx, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_idx + i_c * 2)
-    i_t = tl.load(chunk_idx + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # chunks on grid x
+    _, t0, L = chunk_span(chunk_idx, cu_seqlens, i_c, BT, T, IS_VARLEN)
     DT = k.dtype.element_ty
 
     o_t = tl.arange(0, BT)
-    rows = bos + i_t * BT + o_t
-    m_t = rows < eos
+    rows = t0 + o_t
+    m_t = o_t < L
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -189,18 +182,16 @@ def _output_fwd_kernel(
 
 
 @triton.autotune(configs=autotune_configs({"BV": [32, 64]}, num_warps=[4], num_stages=[2, 3]), key=["K", "V", "BK"])
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _state_bwd_kernel(
-    q, k, w, do, dht, dh, dvnew, dh0, scale, cu_seqlens, chunk_off,
+    q, k, w, do, dht, dh, dvnew, dh0, scale, cu_seqlens, chunk_off, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_off + i_n).to(tl.int64)
+    bos, eos, c0 = seq_span(cu_seqlens, chunk_off, i_n, BT, T, IS_VARLEN)
     nt = tl.cdiv(eos - bos, BT).to(tl.int32)
     DT = k.dtype.element_ty
 
@@ -213,7 +204,7 @@ def _state_bwd_kernel(
 
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)  # dS': gradient of the state leaving the chunk
     if USE_DHT:
-        b_dh += tl.load(dht + (i_n * H + i_h) * K * V + p_state, mask=m_kv, other=0.0)
+        b_dh += tl.load(dht + i_nh * K * V + p_state, mask=m_kv, other=0.0)
     for j in range(0, nt):
         i_t = nt - 1 - j
         tl.store(dh + ((c0 + i_t) * H + i_h) * K * V + p_state, b_dh, mask=m_kv)
@@ -236,7 +227,7 @@ def _state_bwd_kernel(
         b_dh += _mm(tl.trans(b_q), b_do)
         b_dh -= _mm(tl.trans(b_w), b_du.to(DT))
     if STORE_DH0:
-        tl.store(dh0 + (i_n * H + i_h) * K * V + p_state, b_dh, mask=m_kv)
+        tl.store(dh0 + i_nh * K * V + p_state, b_dh, mask=m_kv)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,22 +236,19 @@ def _state_bwd_kernel(
 
 
 @triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"])
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _grads_bwd_kernel(
-    q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta, scale, cu_seqlens, chunk_idx,
+    q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta, scale, cu_seqlens, chunk_idx, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_idx + i_c * 2)
-    i_t = tl.load(chunk_idx + i_c * 2 + 1)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    _, t0, L = chunk_span(chunk_idx, cu_seqlens, i_c, BT, T, IS_VARLEN)
     DT = k.dtype.element_ty
 
     o_t = tl.arange(0, BT)
-    rows = bos + i_t * BT + o_t
-    m_t = rows < eos
+    rows = t0 + o_t
+    m_t = o_t < L
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -339,123 +327,137 @@ def _dims(k, v):
     return K, V, BK, min(_block(V), 64 if BK <= 128 else 32)
 
 
-def _wy_fwd(k, v, beta, cu_seqlens, cidx, bt):
+class _Layout:
+    """Where the sequences are: dense ``[B, T]`` (indexed directly, no tables, nothing read from the host) or
+    packed (``cu`` int32, chunk table ``cidx`` [NC, 2], chunk offsets ``coff`` built on the device)."""
+
+    def __init__(self, B: int, T: int, bt: int, cu_seqlens=None, cu_seqlens_cpu=None):
+        self.bt = bt
+        if cu_seqlens is None:
+            self.varlen, self.T, self.N = False, T, B
+            self.cu = self.cidx = self.coff = None
+            self.NC = B * ceil_div(T, bt)
+        else:
+            self.varlen, self.T = True, 0
+            self.cu, self.cidx, self.coff = varlen_chunk_tables(cu_seqlens, bt, cu_seqlens_cpu)
+            self.N, self.NC = self.cu.numel() - 1, self.cidx.shape[0]
+
+    def chunk_args(self):
+        return dict(cu_seqlens=self.cu, chunk_idx=self.cidx, T=self.T, IS_VARLEN=self.varlen)
+
+    def seq_args(self):
+        return dict(cu_seqlens=self.cu, chunk_off=self.coff, T=self.T, IS_VARLEN=self.varlen)
+
+
+def _wy_fwd(k, v, beta, lay):
     """k [T, H, K], v [T, H, V], beta [T, H] -> Ainv [T, H, BT] fp32, W [T, H, K], U [T, H, V]."""
     T, H, K = k.shape
     V = v.shape[-1]
     _, _, BK, BV = _dims(k, v)
-    ainv = k.new_empty(T, H, bt, dtype=torch.float32)
+    ainv = k.new_empty(T, H, lay.bt, dtype=torch.float32)
     w = torch.empty_like(k)
     u = torch.empty_like(v)
-    _wy_fwd_kernel[(cidx.shape[0], H)](k, v, beta, ainv, w, u, cu_seqlens, cidx,
-                                       H=H, K=K, V=V, BT=bt, BK=BK, BV=BV)
+    _wy_fwd_kernel[(lay.NC, H)](k, v, beta, ainv, w, u, **lay.chunk_args(),
+                                H=H, K=K, V=V, BT=lay.bt, BK=BK, BV=BV)
     return ainv, w, u
 
 
-def _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, store_ht, bt):
+def _state_fwd(k, w, u, h0, lay, store_ht):
     """-> h [NC, H, K, V] fp32 (state entering each chunk), V_new [T, H, V], final state [N, H, K, V] fp32."""
     T, H, K = k.shape
     V = u.shape[-1]
-    N = cu_seqlens.numel() - 1
+    N = lay.N
     BK = _block(K)
-    h = k.new_empty(num_chunks, H, K, V, dtype=torch.float32)
+    h = k.new_empty(lay.NC, H, K, V, dtype=torch.float32)
     vnew = torch.empty_like(u)
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if store_ht else None
 
     def grid(meta):
-        return (triton.cdiv(V, meta["BV"]), N * H)
+        return (N * H, triton.cdiv(V, meta["BV"]))
 
-    _state_fwd_kernel[grid](k, w, u, h0 if h0 is not None else k, h, vnew, ht if ht is not None else k,
-                            cu_seqlens, coff, H=H, K=K, V=V, BT=bt, BK=BK,
+    _state_fwd_kernel[grid](k, w, u, h0, h, vnew, ht, **lay.seq_args(), H=H, K=K, V=V, BT=lay.bt, BK=BK,
                             USE_H0=h0 is not None, STORE_HT=store_ht)
     return h, vnew, ht
 
 
-def _output_fwd(q, k, vnew, h, scale, cu_seqlens, cidx, bt):
+def _output_fwd(q, k, vnew, h, scale, lay):
     T, H, K = q.shape
     V = vnew.shape[-1]
     _, _, BK, BV = _dims(k, vnew)
     o = torch.empty_like(vnew)
-    _output_fwd_kernel[(triton.cdiv(V, BV), cidx.shape[0], H)](q, k, vnew, h, o, scale, cu_seqlens, cidx,
-                                                                 H=H, K=K, V=V, BT=bt, BK=BK, BV=BV)
+    _output_fwd_kernel[(lay.NC, triton.cdiv(V, BV), H)](q, k, vnew, h, o, scale, **lay.chunk_args(),
+                                                         H=H, K=K, V=V, BT=lay.bt, BK=BK, BV=BV)
     return o
 
 
-def _state_bwd(q, k, w, do, dht, scale, cu_seqlens, coff, num_chunks, store_dh0, bt):
+def _state_bwd(q, k, w, do, dht, scale, lay, store_dh0):
     """-> dh [NC, H, K, V] fp32 (grad of the state leaving each chunk), dV_new [T, H, V] fp32, dh0."""
     T, H, K = q.shape
     V = do.shape[-1]
-    N = cu_seqlens.numel() - 1
+    N = lay.N
     BK = _block(K)
-    dh = q.new_empty(num_chunks, H, K, V, dtype=torch.float32)
+    dh = q.new_empty(lay.NC, H, K, V, dtype=torch.float32)
     dvnew = q.new_empty(T, H, V, dtype=torch.float32)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if store_dh0 else None
 
     def grid(meta):
-        return (triton.cdiv(V, meta["BV"]), N * H)
+        return (N * H, triton.cdiv(V, meta["BV"]))
 
-    _state_bwd_kernel[grid](q, k, w, do, dht if dht is not None else q, dh, dvnew,
-                            dh0 if dh0 is not None else q, scale, cu_seqlens, coff,
-                            H=H, K=K, V=V, BT=bt, BK=BK, USE_DHT=dht is not None, STORE_DH0=store_dh0)
+    _state_bwd_kernel[grid](q, k, w, do, dht, dh, dvnew, dh0, scale, **lay.seq_args(),
+                            H=H, K=K, V=V, BT=lay.bt, BK=BK, USE_DHT=dht is not None, STORE_DH0=store_dh0)
     return dh, dvnew, dh0
 
 
-def _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, cu_seqlens, cidx, bt):
+def _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, lay):
     T, H, K = q.shape
     V = v.shape[-1]
     _, _, BK, BV = _dims(k, v)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dbeta = torch.empty_like(beta)
-    _grads_bwd_kernel[(cidx.shape[0], H)](q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta,
-                                          scale, cu_seqlens, cidx, H=H, K=K, V=V, BT=bt, BK=BK, BV=BV)
+    _grads_bwd_kernel[(lay.NC, H)](q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta,
+                                   scale, **lay.chunk_args(), H=H, K=K, V=V, BT=lay.bt, BK=BK, BV=BV)
     return dq, dk, dv, dbeta
 
 
 class DeltaRuleChunkFunction(torch.autograd.Function):
-    """Packed inputs: q, k [T, H, K]; v [T, H, V]; beta [T, H]; h0 [N, H, K, V] fp32 or None."""
+    """Packed inputs: q, k [T, H, K]; v [T, H, V]; beta [T, H]; h0 [N, H, K, V] fp32 or None; ``lay`` the
+    sequence layout (:class:`_Layout`)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, beta, h0, scale, cu_seqlens, cidx, coff, bt):
-        num_chunks = cidx.shape[0]
-        ainv, w, u = _wy_fwd(k, v, beta, cu_seqlens, cidx, bt)
-        h, vnew, ht = _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, True, bt)
-        o = _output_fwd(q, k, vnew, h, scale, cu_seqlens, cidx, bt)
-        ctx.save_for_backward(q, k, v, beta, h0, cu_seqlens, cidx, coff)
-        ctx.scale, ctx.bt = scale, bt
+    def forward(ctx, q, k, v, beta, h0, scale, lay):
+        ainv, w, u = _wy_fwd(k, v, beta, lay)
+        h, vnew, ht = _state_fwd(k, w, u, h0, lay, True)
+        o = _output_fwd(q, k, vnew, h, scale, lay)
+        ctx.save_for_backward(q, k, v, beta, h0)
+        ctx.scale, ctx.lay = scale, lay
         ctx.set_materialize_grads(False)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, h0, cu_seqlens, cidx, coff = ctx.saved_tensors
-        scale, bt = ctx.scale, ctx.bt
-        num_chunks = cidx.shape[0]
+        q, k, v, beta, h0 = ctx.saved_tensors
+        scale, lay = ctx.scale, ctx.lay
         if do is None:
             do = torch.zeros_like(v)
         do = do.contiguous()
         dht = dht.contiguous().float() if dht is not None else None
         # recompute the forward's intermediates
-        ainv, w, u = _wy_fwd(k, v, beta, cu_seqlens, cidx, bt)
-        h, vnew, _ = _state_fwd(k, w, u, h0, cu_seqlens, coff, num_chunks, False, bt)
-        dh, dvnew, dh0 = _state_bwd(q, k, w, do, dht, scale, cu_seqlens, coff, num_chunks,
-                                    h0 is not None and ctx.needs_input_grad[4], bt)
-        dq, dk, dv, dbeta = _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, cu_seqlens, cidx, bt)
-        return dq, dk, dv, dbeta, dh0, None, None, None, None, None
+        ainv, w, u = _wy_fwd(k, v, beta, lay)
+        h, vnew, _ = _state_fwd(k, w, u, h0, lay, False)
+        dh, dvnew, dh0 = _state_bwd(q, k, w, do, dht, scale, lay, h0 is not None and ctx.needs_input_grad[4])
+        dq, dk, dv, dbeta = _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, lay)
+        return dq, dk, dv, dbeta, dh0, None, None
 
 
-def delta_rule_triton_chunk(q, k, v, beta, scale, initial_state=None, cu_seqlens=None):
-    """Inputs already checked (``seqzoo.kernels.delta_rule``); returns ``(o [B, T, H, V], final [N, H, K, V])``."""
+def delta_rule_triton_chunk(q, k, v, beta, scale, initial_state=None, cu_seqlens=None, cu_seqlens_cpu=None):
+    """Inputs already checked (``seqzoo.kernels.delta_rule``); returns ``(o [B, T, H, V], final [N, H, K, V])``.
+    Dense inputs make no host transfer; packed ones read ``NC`` from ``cu_seqlens_cpu`` when given (else one
+    device->host copy of ``cu_seqlens``)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    if cu_seqlens is None:
-        cu = uniform_cu_seqlens(B, T, device=q.device)
-    else:
-        cu = cu_seqlens.to(torch.int32).contiguous()
-    bt = chunk_size(K)
-    cidx = chunk_indices(cu, bt)
-    coff = chunk_offsets(cu, bt)
+    lay = _Layout(B, T, chunk_size(K), cu_seqlens, cu_seqlens_cpu)
     qp, kp, vp = (x.reshape(B * T, H, x.shape[-1]).contiguous() for x in (q, k, v))
     bp = beta.reshape(B * T, H).contiguous()
     h0 = initial_state.float().contiguous() if initial_state is not None else None
-    o, ht = DeltaRuleChunkFunction.apply(qp, kp, vp, bp, h0, float(scale), cu, cidx, coff, bt)
+    o, ht = DeltaRuleChunkFunction.apply(qp, kp, vp, bp, h0, float(scale), lay)
     return o.reshape(B, T, H, V), ht

@@ -8,7 +8,7 @@ import math
 import torch
 
 from .._backend import (
-    check_cu_seqlens,
+    check_varlen,
     check_same_device,
     check_same_dtype,
     check_tensor,
@@ -33,6 +33,7 @@ def linear_attention(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    cu_seqlens_cpu: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``o_t = scale · S_tᵀ q_t`` with ``S_t = λ S_{t-1} + k_t v_tᵀ`` per head (no softmax, no denominator).
@@ -49,6 +50,8 @@ def linear_attention(
         output_final_state: also return the state after the last token, ``[N, H, K, V]`` fp32.
         cu_seqlens: optional ``[N + 1]`` int offsets of packed sequences (B must be 1); the same as running
             each sequence alone.
+        cu_seqlens_cpu: optional host (CPU) copy of ``cu_seqlens``: then a packed call makes no device->host
+            copy (without it, one small copy syncs). Dense inputs never sync.
         backend: ``"auto" | "triton" | "torch" | "reference"`` (see :mod:`seqzoo.kernels._backend`).
 
     Returns:
@@ -76,7 +79,7 @@ def linear_attention(
         raise TypeError(f"{OP}: scale must be a finite float, got {scale!r}")
     if not isinstance(causal, bool):
         raise TypeError(f"{OP}: causal must be a bool, got {causal!r}")
-    check_cu_seqlens(OP, cu_seqlens, B, T)
+    cu_host = check_varlen(OP, cu_seqlens, B, T, cu_seqlens_cpu)
     N = num_sequences(B, cu_seqlens)
     if initial_state is not None:
         check_tensor(OP, "initial_state", initial_state, shape=(N, H, K, V), layout="[N, H, K, V]")
@@ -91,7 +94,7 @@ def linear_attention(
     if backend == "torch":
         from .torch_chunk import linear_attention_torch
 
-        return linear_attention_torch(q, k, v, **kwargs)
+        return linear_attention_torch(q, k, v, **kwargs, cu_seqlens_cpu=cu_host)
     if K > MAX_TRITON_HEAD_DIM or V > MAX_TRITON_HEAD_DIM:
         raise ValueError(
             f"{OP}: backend='triton' supports head dims up to {MAX_TRITON_HEAD_DIM}, got K={K} (q) and V={V} (v); "
@@ -99,4 +102,4 @@ def linear_attention(
         )
     from .triton_chunk import linear_attention_triton
 
-    return linear_attention_triton(q, k, v, **kwargs)
+    return linear_attention_triton(q, k, v, **kwargs, cu_seqlens_cpu=cu_host)

@@ -69,8 +69,10 @@ def _chunk_scan(q, k, v, lengths, g, scale, h0, C):
 
 
 def linear_attention_torch(q, k, v, decay=None, scale=1.0, causal=True, initial_state=None,
-                           output_final_state=False, cu_seqlens=None, chunk_size=CHUNK):
-    """Inputs already checked by the public function. Returns (o in q's dtype, final state fp32 or None)."""
+                           output_final_state=False, cu_seqlens=None, chunk_size=CHUNK, cu_seqlens_cpu=None):
+    """Inputs already checked by the public function. Returns (o in q's dtype, final state fp32 or None).
+    Dense inputs read nothing back from the device (``torch.compile`` traces them without a graph break);
+    packed ones take the longest length from ``cu_seqlens_cpu`` when given."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     dtype = q.dtype
@@ -85,7 +87,10 @@ def linear_attention_torch(q, k, v, decay=None, scale=1.0, causal=True, initial_
     else:
         N = cu_seqlens.numel() - 1
         mult = chunk_size if causal else 1
-        qf, kf, vf = (unpack_varlen(x, cu_seqlens, multiple=mult) for x in (qf, kf, vf))  # [N, Tp, H, *]
+        longest = None
+        if cu_seqlens_cpu is not None:
+            longest = int(seq_lens(cu_seqlens_cpu).max()) if cu_seqlens_cpu.numel() > 1 else 0
+        qf, kf, vf = (unpack_varlen(x, cu_seqlens, multiple=mult, longest=longest) for x in (qf, kf, vf))
         lengths = seq_lens(cu_seqlens).long()
     h0 = (torch.zeros(N, H, K, V, dtype=torch.float32, device=q.device) if initial_state is None
           else initial_state.float())

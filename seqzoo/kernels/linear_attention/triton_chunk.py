@@ -11,8 +11,9 @@ backward  ``_bwd_dh``  walks the chunks backwards: ``dh[c]`` = gradient of the s
           ``_bwd_dqk`` per (chunk, K tile, head): dq and dk (loops over V tiles).
           ``_bwd_dv``  per (chunk, V tile, head): dv (loops over K tiles).
 
-All sequences (batch rows or packed ``cu_seqlens`` sequences) are addressed through token offsets ``cu`` and a
-chunk table, so there is one code path for both; T is never a kernel argument (no recompile per length).
+Dense batches are indexed directly (sequence ``n`` starts at token ``n·T``; no tables, no host transfer); packed
+``cu_seqlens`` sequences go through token offsets ``cu`` and a chunk table built on the device (``IS_VARLEN``).
+T is a runtime argument that is never specialized (no recompile per length). Offsets are int64 throughout.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import triton
 import triton.language as tl
 
 from .._backend import autotune_configs, next_power_of_2
-from .._triton_utils import chunk_span
+from .._triton_utils import chunk_span, seq_span
 from .._triton_utils import dot as _dot
-from .._chunk import chunk_indices, chunk_offsets, uniform_cu_seqlens
+from .._chunk import ceil_div, varlen_chunk_tables
 
 BT = 64  # chunk length: tokens per chunk
 
@@ -36,15 +37,14 @@ def _tile(d: int) -> int:
 
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
-@triton.jit
-def _fwd_h(k, v, g, h, h0, ht, cu, chunk_offsets,
+@triton.jit(do_not_specialize=["T"])
+def _fwd_h(k, v, g, h, h0, ht, cu, chunk_offsets, T,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-           BV: tl.constexpr, HAS_DECAY: tl.constexpr, USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr):
-    i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+           BV: tl.constexpr, HAS_DECAY: tl.constexpr, USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
+           IS_VARLEN: tl.constexpr):
+    i_nh, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu + i_n).to(tl.int64)
-    eos = tl.load(cu + i_n + 1).to(tl.int64)
-    boc = tl.load(chunk_offsets + i_n).to(tl.int64)
+    bos, eos, boc = seq_span(cu, chunk_offsets, i_n, BT, T, IS_VARLEN)
     n_chunks = tl.cdiv(eos - bos, BT)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -86,12 +86,12 @@ def _decay_mask(b_g, o_t, HAS_DECAY: tl.constexpr):
 
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
-@triton.jit
-def _fwd_o(q, k, v, g, h, o, scale, cu, chunk_tab,
+@triton.jit(do_not_specialize=["T"])
+def _fwd_o(q, k, v, g, h, o, scale, cu, chunk_tab, T,
            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-           BV: tl.constexpr, HAS_DECAY: tl.constexpr):
-    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT)
+           BV: tl.constexpr, HAS_DECAY: tl.constexpr, IS_VARLEN: tl.constexpr):
+    i_c, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT, T, IS_VARLEN)
     o_t = tl.arange(0, BT)
     m_t = o_t < L
     o_v = i_v * BV + tl.arange(0, BV)
@@ -119,15 +119,14 @@ def _fwd_o(q, k, v, g, h, o, scale, cu, chunk_tab,
 
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
-@triton.jit
-def _bwd_dh(q, do, g, dh, dht, dh0, scale, cu, chunk_offsets,
+@triton.jit(do_not_specialize=["T"])
+def _bwd_dh(q, do, g, dh, dht, dh0, scale, cu, chunk_offsets, T,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-            BV: tl.constexpr, HAS_DECAY: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr):
-    i_nh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+            BV: tl.constexpr, HAS_DECAY: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+            IS_VARLEN: tl.constexpr):
+    i_nh, i_k, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu + i_n).to(tl.int64)
-    eos = tl.load(cu + i_n + 1).to(tl.int64)
-    boc = tl.load(chunk_offsets + i_n).to(tl.int64)
+    bos, eos, boc = seq_span(cu, chunk_offsets, i_n, BT, T, IS_VARLEN)
     n_chunks = tl.cdiv(eos - bos, BT)
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -160,12 +159,12 @@ def _bwd_dh(q, do, g, dh, dht, dh0, scale, cu, chunk_offsets,
 
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
-@triton.jit
-def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab,
+@triton.jit(do_not_specialize=["T"])
+def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab, T,
              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-             BV: tl.constexpr, HAS_DECAY: tl.constexpr):
-    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT)
+             BV: tl.constexpr, HAS_DECAY: tl.constexpr, IS_VARLEN: tl.constexpr):
+    i_c, i_k, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT, T, IS_VARLEN)
     o_t = tl.arange(0, BT)
     m_t = o_t < L
     o_k = i_k * BK + tl.arange(0, BK)
@@ -202,12 +201,12 @@ def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab,
 
 
 @triton.autotune(configs=autotune_configs(**_CFG), key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
-@triton.jit
-def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab,
+@triton.jit(do_not_specialize=["T"])
+def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab, T,
             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-            BV: tl.constexpr, HAS_DECAY: tl.constexpr):
-    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT)
+            BV: tl.constexpr, HAS_DECAY: tl.constexpr, IS_VARLEN: tl.constexpr):
+    i_c, i_v, i_h = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+    i_n, t0, L = chunk_span(chunk_tab, cu, i_c, BT, T, IS_VARLEN)
     o_t = tl.arange(0, BT)
     m_t = o_t < L
     o_v = i_v * BV + tl.arange(0, BV)
@@ -234,23 +233,28 @@ def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab,
     tl.store(dv + (t0 + o_t[:, None]) * H * V + i_h * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
-def chunk_tables(cu_seqlens, batch: int, seq_len: int, chunk: int, device):
-    """``(cu [N+1] int32, table [NC, 2] int32 (sequence, chunk in sequence), offsets [N+1] int32)`` on ``device``
-    for the flattened ``[B*T]`` token layout (dense batch) or the packed ``cu_seqlens`` layout."""
-    if cu_seqlens is None:
-        cu = uniform_cu_seqlens(batch, seq_len, device="cpu")  # built on the host: no device sync
-        return (cu.to(device), chunk_indices(cu, chunk).to(device), chunk_offsets(cu, chunk).to(device))
-    cu = cu_seqlens.to(torch.int32)
-    return cu, chunk_indices(cu, chunk), chunk_offsets(cu, chunk)
+class _Layout:
+    """Dense ``[B, T]`` (indexed directly: no tables, nothing read back from the device) or packed sequences
+    (``cu`` int32 offsets, chunk table ``[NC, 2]`` and chunk offsets, built on the device; ``NC`` from the
+    host copy ``cu_seqlens_cpu`` when given, else from one device->host copy)."""
+
+    def __init__(self, B: int, T: int, chunk: int, cu_seqlens=None, cu_seqlens_cpu=None):
+        if cu_seqlens is None:
+            self.varlen, self.T, self.N, self.NC = False, T, B, B * ceil_div(T, chunk)
+            self.cu = self.tab = self.offs = None
+        else:
+            self.varlen, self.T = True, 0
+            self.cu, self.tab, self.offs = varlen_chunk_tables(cu_seqlens, chunk, cu_seqlens_cpu)
+            self.N, self.NC = self.cu.numel() - 1, self.tab.shape[0]
 
 
 class _LinearAttentionChunk(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, h0, scale, output_final_state, cu_seqlens):
+    def forward(ctx, q, k, v, g, h0, scale, output_final_state, cu_seqlens, cu_seqlens_cpu=None):
         B, T, H, K = q.shape
         V = v.shape[-1]
-        cu, chunk_tab, chunk_offs = chunk_tables(cu_seqlens, B, T, BT, q.device)
-        N, NC = cu.numel() - 1, chunk_tab.shape[0]
+        lay = _Layout(B, T, BT, cu_seqlens, cu_seqlens_cpu)
+        N, NC = lay.N, lay.NC
         BK, BV = _tile(K), _tile(V)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         h = q.new_empty(NC, H, K, V)  # state entering each chunk, [NC, H, K, V]
@@ -258,22 +262,23 @@ class _LinearAttentionChunk(torch.autograd.Function):
         o = torch.empty_like(v)
         has_decay = g is not None
         _fwd_h[(N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
-            k, v, g, h, h0, ht, cu, chunk_offs, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            HAS_DECAY=has_decay, USE_H0=h0 is not None, STORE_FINAL=output_final_state)
+            k, v, g, h, h0, ht, lay.cu, lay.offs, lay.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            HAS_DECAY=has_decay, USE_H0=h0 is not None, STORE_FINAL=output_final_state, IS_VARLEN=lay.varlen)
         _fwd_o[(NC, triton.cdiv(V, BV), H)](
-            q, k, v, g, h, o, scale, cu, chunk_tab, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            HAS_DECAY=has_decay)
-        ctx.save_for_backward(q, k, v, g, h, h0, cu, chunk_tab, chunk_offs)
-        ctx.scale = scale
+            q, k, v, g, h, o, scale, lay.cu, lay.tab, lay.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            HAS_DECAY=has_decay, IS_VARLEN=lay.varlen)
+        ctx.save_for_backward(q, k, v, g, h, h0)
+        ctx.scale, ctx.lay = scale, lay
         ctx.h0_dtype = None if h0 is None else h0.dtype
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, h, h0, cu, chunk_tab, chunk_offs = ctx.saved_tensors
+        q, k, v, g, h, h0 = ctx.saved_tensors
+        lay = ctx.lay
         B, T, H, K = q.shape
         V = v.shape[-1]
-        N, NC = cu.numel() - 1, chunk_tab.shape[0]
+        N, NC = lay.N, lay.NC
         BK, BV = _tile(K), _tile(V)
         has_decay = g is not None
         do = do.contiguous()
@@ -282,18 +287,18 @@ class _LinearAttentionChunk(torch.autograd.Function):
         dh = q.new_empty(NC, H, K, V)
         dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
         _bwd_dh[(N * H, triton.cdiv(K, BK), triton.cdiv(V, BV))](
-            q, do, g, dh, dht, dh0, ctx.scale, cu, chunk_offs, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            HAS_DECAY=has_decay, USE_DHT=dht is not None, STORE_DH0=h0 is not None)
+            q, do, g, dh, dht, dh0, ctx.scale, lay.cu, lay.offs, lay.T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            HAS_DECAY=has_decay, USE_DHT=dht is not None, STORE_DH0=h0 is not None, IS_VARLEN=lay.varlen)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         _bwd_dqk[(NC, triton.cdiv(K, BK), H)](
-            q, k, v, g, h, do, dh, dq, dk, ctx.scale, cu, chunk_tab,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DECAY=has_decay)
+            q, k, v, g, h, do, dh, dq, dk, ctx.scale, lay.cu, lay.tab, lay.T,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DECAY=has_decay, IS_VARLEN=lay.varlen)
         _bwd_dv[(NC, triton.cdiv(V, BV), H)](
-            q, k, g, do, dh, dv, ctx.scale, cu, chunk_tab,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DECAY=has_decay)
+            q, k, g, do, dh, dv, ctx.scale, lay.cu, lay.tab, lay.T,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DECAY=has_decay, IS_VARLEN=lay.varlen)
         if dh0 is not None:
             dh0 = dh0.to(ctx.h0_dtype)
-        return dq, dk, dv, None, dh0, None, None, None
+        return dq, dk, dv, None, dh0, None, None, None, None
 
 
 def _noncausal(q, k, v, scale, initial_state, output_final_state, cu_seqlens):
@@ -305,7 +310,7 @@ def _noncausal(q, k, v, scale, initial_state, output_final_state, cu_seqlens):
 
 
 def linear_attention_triton(q, k, v, decay=None, scale=1.0, causal=True, initial_state=None,
-                            output_final_state=False, cu_seqlens=None):
+                            output_final_state=False, cu_seqlens=None, cu_seqlens_cpu=None):
     if not causal:
         return _noncausal(q, k, v, scale, initial_state, output_final_state, cu_seqlens)
     g = None if decay is None else decay.detach().float().contiguous()
@@ -317,5 +322,5 @@ def linear_attention_triton(q, k, v, decay=None, scale=1.0, causal=True, initial
         from .triton_recurrent import linear_attention_recurrent
 
         return linear_attention_recurrent(q, k, v, g, scale, h0, output_final_state, cu_seqlens)
-    o, ht = _LinearAttentionChunk.apply(q, k, v, g, h0, scale, output_final_state, cu_seqlens)
+    o, ht = _LinearAttentionChunk.apply(q, k, v, g, h0, scale, output_final_state, cu_seqlens, cu_seqlens_cpu)
     return o, ht

@@ -18,19 +18,19 @@ import triton
 import triton.language as tl
 
 from .._backend import autotune_configs, next_power_of_2
-from .._chunk import uniform_cu_seqlens
+from .._triton_utils import seq_span
 
 
 @triton.autotune(configs=autotune_configs(grid={}, num_warps=[1, 4], num_stages=[1]),
                  key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
-@triton.jit
-def _fwd_recurrent(q, k, v, g, o, h0, ht, scale, cu,
+@triton.jit(do_not_specialize=["T"])
+def _fwd_recurrent(q, k, v, g, o, h0, ht, scale, cu, T,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   HAS_DECAY: tl.constexpr, USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr):
-    i_nh, i_v = tl.program_id(0), tl.program_id(1)
+                   HAS_DECAY: tl.constexpr, USE_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
+                   IS_VARLEN: tl.constexpr):
+    i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu + i_n).to(tl.int64)
-    eos = tl.load(cu + i_n + 1).to(tl.int64)
+    bos, eos, _ = seq_span(cu, cu, i_n, 1, T, IS_VARLEN)  # dense: bos = n * T, no offsets tensor
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -54,41 +54,42 @@ def _fwd_recurrent(q, k, v, g, o, h0, ht, scale, cu,
         tl.store(ht + i_n * H * K * V + p_state, b_h, mask=m_kv)
 
 
-def _offsets(cu_seqlens, B: int, T: int, device) -> torch.Tensor:
-    """int32 token offsets of every sequence in the flattened ``[B*T]`` (or packed) layout."""
-    if cu_seqlens is None:
-        return uniform_cu_seqlens(B, T, device=device)
-    return cu_seqlens.to(torch.int32)
+def _offsets(cu_seqlens):
+    """int32 token offsets of the packed sequences, or None for a dense ``[B, T]`` batch (indexed directly)."""
+    return None if cu_seqlens is None else cu_seqlens.to(torch.int32).contiguous()
 
 
 def linear_attention_recurrent(q, k, v, g, scale, h0, output_final_state, cu_seqlens):
     """``g``: fp32 ``[H]`` log-decay or None; ``h0``: ``[N, H, K, V]`` or None. Returns (o, final or None)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    cu = _offsets(cu_seqlens, B, T, q.device)
-    N = cu.numel() - 1
+    cu = _offsets(cu_seqlens)
+    N = B if cu is None else cu.numel() - 1
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     BK = max(16, next_power_of_2(K))
     BV = max(16, min(next_power_of_2(V), 8192 // BK))  # keep the register tile at ≤ 8192 fp32
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
     _fwd_recurrent[(N * H, triton.cdiv(V, BV))](
-        q, k, v, g, o, h0, ht, scale, cu, H=H, K=K, V=V, BK=BK, BV=BV,
-        HAS_DECAY=g is not None, USE_H0=h0 is not None, STORE_FINAL=output_final_state)
+        q, k, v, g, o, h0, ht, scale, cu, T, H=H, K=K, V=V, BK=BK, BV=BV,
+        HAS_DECAY=g is not None, USE_H0=h0 is not None, STORE_FINAL=output_final_state, IS_VARLEN=cu is not None)
     return o, ht
 
 
 @triton.autotune(configs=autotune_configs(grid={}, num_warps=[1, 4], num_stages=[1]),
                  key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
-@triton.jit
-def _bwd_recurrent(q, k, v, g, do, h0, dht, dq, dk, dv_part, dh0, scale, cu,
+@triton.jit(do_not_specialize=["T"])
+def _bwd_recurrent(q, k, v, g, do, h0, dht, dq, dk, dv_part, dh0, scale, cu, T,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                   HAS_DECAY: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr):
-    i_nh, i_k = tl.program_id(0), tl.program_id(1)
+                   HAS_DECAY: tl.constexpr, USE_H0: tl.constexpr, USE_DHT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    i_nh, i_k = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(cu + i_n).to(tl.int64)
-    eos = tl.load(cu + i_n + 1).to(tl.int64)
-    n_tok = tl.load(cu + tl.num_programs(0) // H).to(tl.int64)  # total tokens: stride of the dv partials
+    bos, eos, _ = seq_span(cu, cu, i_n, 1, T, IS_VARLEN)
+    n_seq = tl.num_programs(0) // H
+    if IS_VARLEN:
+        n_tok = tl.load(cu + n_seq).to(tl.int64)  # total tokens: stride of the dv partials
+    else:
+        n_tok = n_seq.to(tl.int64) * T
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -141,8 +142,8 @@ class _LinearAttentionRecurrent(torch.autograd.Function):
         q, k, v, g, h0, cu_seqlens = ctx.saved_tensors
         B, T, H, K = q.shape
         V = v.shape[-1]
-        cu = _offsets(cu_seqlens, B, T, q.device)
-        N = cu.numel() - 1
+        cu = _offsets(cu_seqlens)
+        N = B if cu is None else cu.numel() - 1
         q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), do.contiguous()
         BV = max(16, next_power_of_2(V))
         BK = max(16, min(next_power_of_2(K), 8192 // BV))
@@ -151,8 +152,9 @@ class _LinearAttentionRecurrent(torch.autograd.Function):
         dv_part = q.new_empty(NK, B, T, H, V, dtype=torch.float32)
         dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if h0 is not None else None
         _bwd_recurrent[(N * H, NK)](
-            q, k, v, g, do, h0, None if dht is None else dht.contiguous(), dq, dk, dv_part, dh0, ctx.scale, cu,
-            H=H, K=K, V=V, BK=BK, BV=BV, HAS_DECAY=g is not None, USE_H0=h0 is not None, USE_DHT=dht is not None)
+            q, k, v, g, do, h0, None if dht is None else dht.contiguous(), dq, dk, dv_part, dh0, ctx.scale, cu, T,
+            H=H, K=K, V=V, BK=BK, BV=BV, HAS_DECAY=g is not None, USE_H0=h0 is not None, USE_DHT=dht is not None,
+            IS_VARLEN=cu is not None)
         dv = dv_part.sum(0).to(v.dtype)
         if dh0 is not None:
             dh0 = dh0.to(h0.dtype)
