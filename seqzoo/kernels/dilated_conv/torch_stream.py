@@ -1,0 +1,173 @@
+"""The dilated convolution stack in plain PyTorch: the CPU path.
+
+Forward: the sequence is streamed in time blocks of a few thousand tokens, and every level runs on a block
+before the next block starts, so the block's intermediate levels stay in cache. Each level keeps the last
+``P_l = (K-1)·d_l`` of its inputs between blocks (``hist``: exactly the window state), and a tap is a
+multiply-add of a shifted slice of ``[history, block]``. Measured on CPU this is ~2x faster than level-by-level
+whole-sequence passes and ~4x faster than ``F.conv1d(..., dilation=d, groups=D)``, whose depthwise dilated
+kernel is slow on CPU (see README.md).
+
+Backward (one level at a time, last level first, on whole sequences): with ``g = ∂L/∂h_{l+1}``,
+``da = g · φ'(a_l)``, ``∂w[l, :, j] = Σ_t da[t] h_l[t - s_j]``, ``∂bias[l] = Σ_t da[t]`` and
+``∂h_l[τ] = Σ_j w_j da[τ + s_j] (+ g[τ] with the residual)``, where ``s_j = (K-1-j)·d_l``; entries of ``∂h_l``
+before the first token are the gradient of the initial state. The forward saves each level's input.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import _act, level_spans
+
+
+def _act_(a, activation):
+    """In-place activation (forward only, no autograd here)."""
+    if activation == "silu":
+        return F.silu(a, inplace=True)
+    if activation == "relu":
+        return a.relu_()
+    return _act(a, activation)
+
+
+def _act_grad(a, activation):
+    if activation == "silu":
+        s = torch.sigmoid(a)
+        return s * (1.0 + a * (1.0 - s))
+    if activation == "gelu":
+        cdf = 0.5 * (1.0 + torch.erf(a * 0.7071067811865476))
+        return cdf + a * torch.exp(-0.5 * a * a) * 0.3989422804014327
+    if activation == "relu":
+        return (a > 0).to(a.dtype)
+    return torch.ones_like(a)
+
+
+def _block_rows(batch: int, channels: int) -> int:
+    """Rows per time block: about 8 MB of fp32 per level input, so a block's levels stay in cache."""
+    return max(256, min(8192, (1 << 21) // max(batch * channels, 1)))
+
+
+def _forward(x, w, b, h0, spans, activation, residual, save):
+    # x: [B, T, D] fp32; w: [L, D, K] fp32; h0: [B, D, S] fp32 or None
+    B, T, D = x.shape
+    L, _, K = w.shape
+    hist = [h0[:, :, off:off + p].transpose(1, 2) if h0 is not None else x.new_zeros(B, p, D)
+            for _, p, off in spans]  # [B, P_l, D] per level, oldest first
+    saved = [x.new_empty(B, T, D) for _ in range(L - 1)] if save else None
+    y = x.new_empty(B, T, D)
+    rows = _block_rows(B, D)
+    for s in range(0, T, rows):
+        h = x[:, s:s + rows]  # [B, n, D]
+        n = h.shape[1]
+        for level, (d, p, _) in enumerate(spans):
+            if save and level > 0:
+                saved[level - 1][:, s:s + n] = h
+            buf = torch.cat([hist[level], h], 1) if p > 0 else h  # [B, P_l + n, D]
+            cur = buf[:, p:]
+            a = cur * w[level, :, K - 1] if b is None else torch.addcmul(b[level], cur, w[level, :, K - 1])
+            for j in range(K - 1):
+                a.addcmul_(buf[:, j * d: j * d + n], w[level, :, j])
+            if p > 0:
+                hist[level] = buf[:, buf.shape[1] - p:]
+            if level < L - 1:
+                a = _act_(a, activation)
+            h = a.add_(h) if residual else a
+        y[:, s:s + n] = h
+    final = torch.cat([hh.transpose(1, 2) for hh in hist], 2) if spans else x.new_zeros(B, D, 0)  # [B, D, S]
+    return y, final, saved
+
+
+def _backward(x, w, b, h0, saved, dy, dht, spans, activation, residual):
+    B, T, D = x.shape
+    L, _, K = w.shape
+    g = dy
+    dw = torch.zeros_like(w)
+    db = torch.zeros(L, D, dtype=w.dtype, device=w.device)
+    dh0 = x.new_zeros(B, D, sum(p for _, p, _ in spans))
+    for level in reversed(range(L)):
+        d, p, off = spans[level]
+        hl = x if level == 0 else saved[level - 1]
+        past = h0[:, :, off:off + p].transpose(1, 2) if h0 is not None else x.new_zeros(B, p, D)
+        hp = torch.cat([past, hl], 1)  # [B, P_l + T, D]: hp[:, P_l + t] = h_l[t]
+        taps = [hp[:, j * d: j * d + T] for j in range(K)]  # tap j reads h_l[t - (K-1-j) d]
+        if level < L - 1 and activation is not None:
+            a = taps[K - 1] * w[level, :, K - 1] if b is None else torch.addcmul(b[level], taps[K - 1],
+                                                                                 w[level, :, K - 1])
+            for j in range(K - 1):
+                a = a.addcmul_(taps[j], w[level, :, j])
+            da = g * _act_grad(a, activation)
+        else:
+            da = g
+        db[level] = da.sum((0, 1))
+        for j in range(K):
+            dw[level, :, j] = torch.einsum("btd,btd->d", da, taps[j])
+        dhp = x.new_zeros(B, p + T, D)
+        for j in range(K):
+            dhp[:, j * d: j * d + T].addcmul_(da, w[level, :, j])
+        if residual:
+            dhp[:, p:] += g
+        if dht is not None and p > 0:
+            dhp[:, T:] += dht[:, :, off:off + p].transpose(1, 2)  # the window of the last P_l inputs
+        dh0[:, :, off:off + p] = dhp[:, :p].transpose(1, 2)
+        g = dhp[:, p:]
+    return g, dw, db, dh0
+
+
+class _DilatedConvTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, h0, base, activation, residual, cu_host):
+        L, D, K = weight.shape
+        spans = level_spans(L, K, base)
+        w = weight.float()
+        b = bias.float() if bias is not None else None
+        hf = h0.float() if h0 is not None else None
+        xf = x.float()
+        save = any(ctx.needs_input_grad[:4])
+        if cu_host is None:
+            groups = [(slice(None), slice(None), slice(None))]  # (rows of x, time span, rows of the state)
+        else:
+            cs = cu_host.tolist()
+            groups = [(slice(0, 1), slice(cs[n], cs[n + 1]), slice(n, n + 1)) for n in range(len(cs) - 1)]
+        ys, finals, saves = [], [], []
+        for rows, span, states in groups:
+            yg, fg, sg = _forward(xf[rows, span], w, b, None if hf is None else hf[states], spans, activation,
+                                  residual, save)
+            ys.append(yg)
+            finals.append(fg)
+            saves.append(sg)
+        y = ys[0] if cu_host is None else torch.cat(ys, 1)
+        final = torch.cat(finals, 0)  # [N, D, S]
+        ctx.groups, ctx.saves, ctx.spans = groups, saves, spans
+        ctx.meta = (activation, residual, x.dtype, weight.dtype, None if bias is None else bias.dtype,
+                    None if h0 is None else h0.dtype)
+        ctx.save_for_backward(xf, w, b, hf)
+        return y.to(x.dtype), final
+
+    @staticmethod
+    def backward(ctx, dy, dht):
+        xf, w, b, hf = ctx.saved_tensors
+        activation, residual, x_dt, w_dt, b_dt, h_dt = ctx.meta
+        dy = dy.float()
+        dht = dht.float() if dht is not None else None
+        dx = torch.zeros_like(xf)
+        dw = torch.zeros_like(w)
+        db = torch.zeros(w.shape[:2], dtype=w.dtype, device=w.device)
+        dh0 = torch.zeros_like(hf) if hf is not None else None
+        for (rows, span, states), saved in zip(ctx.groups, ctx.saves):
+            g, dwg, dbg, dh0g = _backward(xf[rows, span], w, b, None if hf is None else hf[states], saved,
+                                          dy[rows, span], None if dht is None else dht[states], ctx.spans,
+                                          activation, residual)
+            dx[rows, span] = g
+            dw += dwg
+            db += dbg
+            if dh0 is not None:
+                dh0[states] = dh0g
+        return (dx.to(x_dt), dw.to(w_dt), None if b_dt is None else db.to(b_dt),
+                None if h_dt is None else dh0.to(h_dt), None, None, None, None)
+
+
+def dilated_conv_torch(x, weight, bias=None, *, dilation_base=2, activation="silu", residual=True,
+                       initial_state=None, output_final_state=False, cu_seqlens=None, cu_seqlens_cpu=None):
+    host = None if cu_seqlens is None else (cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens.cpu())
+    y, final = _DilatedConvTorch.apply(x, weight, bias, initial_state, dilation_base, activation, residual, host)
+    return y, (final if output_final_state else None)
