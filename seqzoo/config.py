@@ -29,8 +29,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-
-from .common import ConfigError  # noqa: F401  (re-exported: ``from seqzoo.config import ConfigError``)
+from .common import ConfigError, resolve_model_dir
+# re-exported: ``from seqzoo.config import ConfigError, check_type, ...`` keeps working
 from .fields import build_dataclass, check_type, dataclass_types, type_name, unknown_key_error  # noqa: F401
 
 
@@ -313,14 +313,7 @@ def resolve_model_section(model_raw: Any) -> dict:
     if pretrained is not None:
         if not isinstance(pretrained, str):
             raise ConfigError(f"model.pretrained: expected a checkpoint directory path, got {pretrained!r}")
-        path = Path(pretrained)
-        if (path / "final" / "config.json").is_file():  # a run's output_dir: use its final model
-            path = path / "final"
-        if not path.is_dir():
-            raise ConfigError(f"model.pretrained: {pretrained!r} is not a directory")
-        if not (path / "config.json").is_file():
-            raise ConfigError(f"model.pretrained: {pretrained!r} has no config.json; expected a directory "
-                              f"written by save_pretrained (e.g. a run's output_dir/final)")
+        path = resolve_model_dir(pretrained, where="model.pretrained")  # a run's output_dir: its final/
         try:
             saved = transformers.AutoConfig.from_pretrained(str(path))
         except Exception as e:  # unknown model_type, unreadable json
@@ -338,6 +331,11 @@ def resolve_model_section(model_raw: Any) -> dict:
                           f"known: {', '.join(sorted(archs))}")
     fields = check_model_fields(model_raw, archs[model_type])
     return {"model_type": model_type, **fields}
+
+
+def model_config_error(error: Exception) -> ConfigError:
+    """An architecture config's ValueError/TypeError as a ConfigError that names the ``model`` section."""
+    return ConfigError(f"model: {error}")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -31,12 +31,12 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import torch
 
-from .config import ConfigError, RunConfig, dump_yaml, load_config
-from .eval.base import atomic_write_text
+from .common import ConfigError, atomic_write_text, resolve_precision
+from .config import MODEL_META_KEYS, RunConfig, TrainConfig, dump_yaml, load_config, model_config_error
 
 CHECKPOINT_PREFIX = "step_"
 RUN_FILES = ("run_config.yaml", "run_info.json", "metrics.jsonl", "eval.json", "curves.png")
@@ -88,9 +88,23 @@ class TrainState:
         for k, v in state.items():
             setattr(self, k, v)
 
+    def add(self, loss_sum: float, micro_batches: int, tokens: int) -> None:
+        """Count one optimizer step's summed micro-batch losses and tokens (already summed over processes)."""
+        self.window_loss_sum += loss_sum
+        self.window_loss_count += micro_batches
+        self.window_tokens += tokens
+        self.tokens += tokens
+
+    def close_window(self) -> tuple[float, int]:
+        """The mean loss and the tokens of the open log window; opens a new one."""
+        mean = self.window_loss_sum / max(1, self.window_loss_count)
+        tokens = self.window_tokens
+        self.window_loss_sum, self.window_loss_count, self.window_tokens = 0.0, 0, 0
+        return mean, tokens
+
 
 # --------------------------------------------------------------------------------------------------------------
-# output directory
+# checkpoints
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -102,6 +116,66 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     out = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
            and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(out, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+class Checkpointer:
+    """``output_dir/checkpoints/step_NNNNNNNN``: the Accelerate state (model, optimizer, the objects registered
+    with ``register_for_checkpointing``: scheduler and :class:`TrainState`, one RNG file per process) plus a
+    readable ``trainer_state.json``. A checkpoint is written to a temporary folder and renamed into place, so a
+    killed run never leaves a half-written ``step_*`` that a resume would pick up; the newest ``keep`` stay.
+    Every process calls :meth:`save` (Accelerate's save is collective); only the main one touches folders."""
+
+    def __init__(self, accelerator, output_dir: Path, keep: int):
+        self.accelerator, self.output_dir, self.keep = accelerator, Path(output_dir), keep
+
+    @property
+    def folder(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def list(self) -> list[Path]:
+        return list_checkpoints(self.output_dir)
+
+    def latest(self) -> Path | None:
+        found = self.list()
+        return found[-1] if found else None
+
+    @staticmethod
+    def num_processes(path: Path) -> int:
+        """How many processes wrote checkpoint ``path`` (its RNG files); 0 when unknown."""
+        return len(list(Path(path).glob("random_states_*.pkl")))
+
+    def save(self, state: TrainState) -> Path:
+        acc = self.accelerator
+        main = acc.is_main_process
+        final = self.folder / f"{CHECKPOINT_PREFIX}{state.step:08d}"
+        tmp = self.folder / f".tmp-{CHECKPOINT_PREFIX}{state.step:08d}"
+        if main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if main:
+            atomic_write_text(tmp / "trainer_state.json", json.dumps(state.state_dict(), indent=2) + "\n")
+            if final.exists():  # the same step saved before (a resumed run reaching it again)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            for old in self.list()[: -self.keep]:
+                doomed = old.with_name(f".del-{old.name}")  # renamed first: a half-deleted folder is never listed
+                os.rename(old, doomed)
+                shutil.rmtree(doomed)
+        acc.wait_for_everyone()
+        return final
+
+    def load(self, path: Path) -> None:
+        """Restore everything :meth:`save` wrote (the registered objects included) from ``path``."""
+        self.accelerator.load_state(str(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# output directory
+# --------------------------------------------------------------------------------------------------------------
 
 
 def existing_run(output_dir: Path) -> list[str]:
@@ -222,6 +296,41 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
+class MetricsLog:
+    """``metrics.jsonl``, one JSON record per line (``{"type": "train", "step", "loss", ...}`` or
+    ``{"type": "eval", "split", "step", ...}``), and the trackers. Only the main process writes the file
+    (``enabled``); each line is flushed as it is written, so a killed run loses at most the line it was writing,
+    which :func:`read_metrics` drops. ``tracker(values, step=)`` (``accelerator.log``) gets every record's
+    scalars as ``train/loss``, ``valid/accuracy``, ``test/loss``, ..."""
+
+    def __init__(self, path: Path, enabled: bool = True, tracker: Callable[..., None] | None = None):
+        self.path, self.enabled, self.tracker = Path(path), enabled, tracker
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+        if self.tracker is not None:
+            prefix = "train" if record.get("type") == "train" else record.get("split", "eval")
+            self.tracker({f"{prefix}/{k}": v for k, v in record.items() if k not in ("type", "split", "step")},
+                         step=record["step"])
+
+    def read(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def cut_back(self, step: int) -> None:
+        """Resuming at ``step``: keep the records up to it, drop the later ones and any final test record (the
+        resumed run writes them again). Rewritten atomically."""
+        if self.enabled:
+            kept = [r for r in self.read() if r.get("step", 0) <= step and r.get("split") != "test"]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def clear(self) -> None:
+        if self.enabled and self.path.exists():
+            self.path.unlink()
+
+
 def plot_curves(records: list[dict], path: Path, title: str) -> None:
     """Train loss, validation loss and accuracy against the step, written atomically as a PNG."""
     import matplotlib
@@ -282,35 +391,31 @@ def build_task(cfg: RunConfig):
 
 def build_model_config(cfg: RunConfig, task):
     """The model config: the model section's fields, with the task's defaults (vocab_size, sequence length,
-    num_labels, special tokens) where the section does not set them; checked against the task."""
+    the head's num_labels, special tokens) where the section does not set them; checked against the task."""
     import transformers
 
-    fields = {k: v for k, v in cfg.model.items() if k not in ("model_type", "pretrained")}
+    fields = {k: v for k, v in cfg.model.items() if k not in MODEL_META_KEYS}
     try:
         if "pretrained" in cfg.model:
-            config = transformers.AutoConfig.from_pretrained(cfg.model["pretrained"], **fields)
+            overrides = {**task.head_spec.pretrained_overrides(task), **fields}
+            config = transformers.AutoConfig.from_pretrained(cfg.model["pretrained"], **overrides)
         else:
             for k, v in task.model_config_defaults().items():
                 fields.setdefault(k, v)
             config = transformers.AutoConfig.for_model(cfg.model["model_type"], **fields)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"model: {e}") from None
-    if task.head == "classification" and "pretrained" in cfg.model and getattr(config, "num_labels", None) is None:
-        config.num_labels = task.num_labels
+    except (ValueError, TypeError) as e:  # the architecture's own checks (ConfigError included)
+        raise model_config_error(e) from None
     task.check_model_config(config)
     return config
 
 
 def build_model(cfg: RunConfig, config, task):
-    auto = task.auto_model_class()
+    """The task's model (its head's): loaded from ``model.pretrained`` with the section's fields as overrides,
+    or freshly initialized from ``config``."""
     if "pretrained" in cfg.model:
-        fields = {k: v for k, v in cfg.model.items() if k not in ("model_type", "pretrained")}
-        extra = {"num_labels": task.num_labels} if task.head == "classification" else {}
-        with _quiet_transformers():
-            return auto.from_pretrained(cfg.model["pretrained"], **fields, **extra)
-    return auto.from_config(config)
+        fields = {k: v for k, v in cfg.model.items() if k not in MODEL_META_KEYS}
+        return task.load_model(cfg.model["pretrained"], **fields)
+    return task.build_model(config)
 
 
 def resolve_trackers(cfg: RunConfig) -> list[str]:
@@ -336,11 +441,10 @@ def resolve_trackers(cfg: RunConfig) -> list[str]:
 
 
 def mixed_precision_for(precision: str) -> str:
-    if precision == "fp32":
-        return "no"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return precision
+    """Accelerate's ``mixed_precision`` for ``train.precision`` on this machine (see
+    :func:`seqzoo.common.resolve_precision`)."""
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve_precision(precision, device_type)]
 
 
 def flat_hparams(d: dict, prefix: str = "") -> dict:
@@ -358,8 +462,221 @@ def flat_hparams(d: dict, prefix: str = "") -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# the loop
+# the step loop
 # --------------------------------------------------------------------------------------------------------------
+
+
+class TrainStream:
+    """The training micro-batches, endless, from data position ``start`` (micro-batches consumed so far) on.
+    Epoch ``e`` is the sampler's order for (seed, e); a start inside an epoch skips that epoch's first batches,
+    so the stream from any start is the tail of the stream from 0 (what makes a resumed run see the data an
+    uninterrupted run sees). ``loader`` is the Accelerate-prepared DataLoader over ``sampler``."""
+
+    def __init__(self, accelerator, loader, sampler: EpochSampler, start: int = 0):
+        self.accelerator, self.loader, self.sampler = accelerator, loader, sampler
+        self.epoch, self.skip = divmod(start, len(loader))
+        self._batches = self._generate()
+
+    def _generate(self):
+        while True:
+            loader = self.accelerator.skip_first_batches(self.loader, self.skip) if self.skip else self.loader
+            self.skip = 0
+            # Accelerate's loader re-sets its sampler's epoch from its own counter when iterated: set both
+            loader.set_epoch(self.epoch)
+            self.sampler.set_epoch(self.epoch)
+            yield from loader
+            self.epoch += 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._batches)
+
+
+@dataclasses.dataclass
+class StepStats:
+    """One optimizer step, on this process."""
+
+    loss_sum: torch.Tensor  # the micro-batches' mean losses, summed (float64, on the device)
+    micro_batches: int
+    tokens: int
+    lr: float  # the learning rate the step used
+    grad_norm: torch.Tensor | None  # before clipping; None without clipping
+
+
+def optimizer_step(task, model, micro_batches: Iterator[dict], *, accelerator, optimizer, scheduler,
+                   grad_accum: int = 1, max_grad_norm: float | None = None) -> StepStats:
+    """One optimizer step over ``grad_accum`` micro-batches: ``task.step`` runs the model and gives the loss;
+    the gradient is the mean over the micro-batches, all-reduced only on the last one; then clipping, the
+    optimizer and the schedule step."""
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    tokens = 0
+    for i in range(grad_accum):
+        batch = next(micro_batches)
+        last = i == grad_accum - 1
+        # no gradient all-reduce on the micro-batches before the last one
+        with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+            loss = task.step(model, batch, loss=True, metrics=False).loss
+            accelerator.backward(loss / grad_accum)
+        loss_sum += loss.detach().double()
+        tokens += task.num_target_tokens(batch)
+    grad_norm = None
+    if max_grad_norm is not None:
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepStats(loss_sum=loss_sum, micro_batches=grad_accum, tokens=tokens, lr=lr, grad_norm=grad_norm)
+
+
+class StepLoop:
+    """Optimizer steps from ``state.step`` up to ``train.max_steps``, and the periodic work between them: a
+    ``train`` record every ``train.log_every`` steps and at the last one (the mean loss of the window, lr,
+    tokens/s, grad norm), a validation pass every ``eval.every_steps``, a checkpoint every
+    ``train.checkpoint_every`` (not at the last step: the final model is saved instead), then the callbacks.
+
+    ``validate()`` returns the validation metrics (None: no periodic validation); ``checkpointer`` is a
+    :class:`Checkpointer` (None: no checkpoints)."""
+
+    def __init__(self, *, task, model, optimizer, scheduler, accelerator, state: TrainState, train: TrainConfig,
+                 eval_every: int | None, metrics: MetricsLog, validate: Callable[[], dict] | None = None,
+                 checkpointer: Checkpointer | None = None, progress: bool = False, t_start: float | None = None):
+        self.task, self.model, self.optimizer, self.scheduler = task, model, optimizer, scheduler
+        self.accelerator, self.state, self.tc, self.eval_every = accelerator, state, train, eval_every
+        self.metrics, self.validate, self.checkpointer = metrics, validate, checkpointer
+        self.progress = progress
+        self.t_start = time.time() if t_start is None else t_start
+
+    def run(self, stream: Iterator[dict], callbacks: Iterable[Callable[[int, dict], None]] = ()) -> None:
+        from tqdm.auto import tqdm
+
+        tc, state, acc = self.tc, self.state, self.accelerator
+        callbacks = list(callbacks)
+        bar = tqdm(total=tc.max_steps, initial=state.step, disable=not self.progress, desc="train",
+                   dynamic_ncols=True, mininterval=0.5)
+        self.model.train()
+        t_window = time.time()
+        try:
+            while state.step < tc.max_steps:
+                stats = optimizer_step(self.task, self.model, stream, accelerator=acc, optimizer=self.optimizer,
+                                       scheduler=self.scheduler, grad_accum=tc.grad_accum,
+                                       max_grad_norm=tc.max_grad_norm)
+                state.step += 1
+                bar.update(1)
+                # losses and tokens of all processes
+                summed = acc.reduce(torch.tensor([float(stats.loss_sum), float(stats.micro_batches),
+                                                  float(stats.tokens)], dtype=torch.float64, device=acc.device),
+                                    "sum")
+                state.add(float(summed[0]), int(summed[1]), int(summed[2]))
+
+                record: dict = {}
+                if state.step % tc.log_every == 0 or state.step == tc.max_steps:
+                    elapsed = time.time() - t_window
+                    loss, window_tokens = state.close_window()
+                    record = {"type": "train", "step": state.step, "loss": loss, "lr": stats.lr,
+                              "tokens": state.tokens, "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                              "elapsed_s": time.time() - self.t_start}
+                    if stats.grad_norm is not None:
+                        record["grad_norm"] = float(stats.grad_norm)
+                    self.metrics.write(record)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stats.lr:.2e}",
+                                    tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+                    t_window = time.time()
+                if (self.validate is not None and self.eval_every and state.step % self.eval_every == 0
+                        and state.step < tc.max_steps):
+                    valid = self.validate()
+                    self.metrics.write({"type": "eval", "split": "valid", "step": state.step, **valid})
+                    if acc.is_main_process:
+                        bar.write(f"step {state.step}: valid " + ", ".join(
+                            f"{k} {v:.4f}" for k, v in valid.items() if isinstance(v, float)))
+                if (self.checkpointer is not None and tc.checkpoint_every and state.step % tc.checkpoint_every == 0
+                        and state.step < tc.max_steps):
+                    self.checkpointer.save(state)
+                for fn in callbacks:
+                    fn(state.step, record)
+        finally:
+            bar.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_split(task, model, dataset, *, accelerator, batch_size: int, max_batches: int | None = None) -> dict:
+    """The task's metrics of ``model`` (the wrapped one: under FSDP only it holds whole parameters) on
+    ``dataset``, each example scored by one process, the sums added over processes."""
+    from .eval.evaluate import evaluate
+
+    loader = task.eval_loader(dataset, batch_size, accelerator.process_index, accelerator.num_processes)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
+    return evaluate(model, task, loader, device=accelerator.device, max_batches=max_batches, autocast_dtype=dtype,
+                    reduce=lambda t: accelerator.reduce(t, "sum"))
+
+
+def write_run_files(cfg: RunConfig, accelerator, resume_from: Path | None) -> None:
+    """``run_config.yaml`` (the resolved config: every default filled in, no ``base``) and ``run_info.json``
+    (versions, hardware, commit, command). Main process only; clears a previous run first under overwrite."""
+    if not accelerator.is_main_process:
+        return
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.train.overwrite and not resume_from:
+        clear_previous_run(out)
+    atomic_write_text(out / "run_config.yaml", dump_yaml(cfg.to_dict()))
+    atomic_write_text(out / "run_info.json", json.dumps({
+        "versions": package_versions(),
+        "hardware": hardware_info(accelerator),
+        "git_commit": git_commit(),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "resumed_from": str(resume_from) if resume_from else None,
+    }, indent=2) + "\n")
+
+
+def check_batch_fits(cfg: RunConfig, num_processes: int, n_train: int | None) -> None:
+    per_step = cfg.train.batch_size * num_processes
+    if n_train is not None and n_train < per_step:
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} x {num_processes} process(es) needs at "
+                          f"least {per_step} training examples, the task has {n_train}")
+
+
+def find_resume_point(cfg: RunConfig, checkpointer: Checkpointer) -> Path | None:
+    """The checkpoint to resume from (``train.resume``), checked against this run's number of processes."""
+    if not cfg.train.resume:
+        return None
+    acc = checkpointer.accelerator
+    latest = checkpointer.latest()
+    if latest is None:
+        if acc.is_main_process:
+            print(f"seqzoo: train.resume=true but {cfg.output_dir} has no checkpoint; starting from step 0",
+                  flush=True)
+        return None
+    saved = Checkpointer.num_processes(latest)
+    if saved and saved != acc.num_processes:
+        raise ConfigError(f"train.resume: {latest} was written by {saved} process(es), this run has "
+                          f"{acc.num_processes}; resume with the same number of processes")
+    return latest
+
+
+def save_final_model(task, model, accelerator, out: Path) -> Path:
+    """``out/final``: the head's save of the unwrapped model with the full state dict, the tokenizer and the
+    task settings; written to a temporary folder and renamed."""
+    accelerator.wait_for_everyone()
+    final_dir = out / "final"
+    full_state = accelerator.get_state_dict(model)  # collective under FSDP: gathers the full weights
+    if accelerator.is_main_process:
+        tmp = out / ".tmp-final"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        task.save_model(accelerator.unwrap_model(model), tmp, state_dict=full_state)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.rename(tmp, final_dir)
+    accelerator.wait_for_everyone()
+    return final_dir
 
 
 def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = None) -> dict:
@@ -381,7 +698,6 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
     trackers = resolve_trackers(cfg)
     if tc.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.precision: fp16 autocast needs a GPU; use fp32 or bf16 on CPU")
-
     accelerator = Accelerator(
         # without a GPU, run on CPU explicitly: under torchrun / accelerate launch --multi_gpu this makes
         # Accelerate use gloo (MULTI_CPU) instead of starting independent single-process runs
@@ -391,51 +707,22 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     main_proc = accelerator.is_main_process
-    per_step = tc.batch_size * accelerator.num_processes
-    n_train = task.split_size("train")
-    if n_train is not None and n_train < per_step:
-        raise ConfigError(f"train.batch_size: {tc.batch_size} x {accelerator.num_processes} process(es) needs at "
-                          f"least {per_step} training examples, the task has {n_train}")
-    resume_from = None
-    if tc.resume:
-        ckpts = list_checkpoints(out)
-        if ckpts:
-            resume_from = ckpts[-1]
-            saved_procs = len(list(resume_from.glob("random_states_*.pkl")))
-            if saved_procs and saved_procs != accelerator.num_processes:
-                raise ConfigError(f"train.resume: {resume_from} was written by {saved_procs} process(es), this "
-                                  f"run has {accelerator.num_processes}; resume with the same number of processes")
-        elif main_proc:
-            print(f"seqzoo: train.resume=true but {out} has no checkpoint; starting from step 0", flush=True)
-    if main_proc:
-        out.mkdir(parents=True, exist_ok=True)
-        if tc.overwrite and not resume_from:
-            clear_previous_run(out)
-        atomic_write_text(out / "run_config.yaml", dump_yaml(cfg.to_dict()))
-        atomic_write_text(out / "run_info.json", json.dumps({
-            "versions": package_versions(),
-            "hardware": hardware_info(accelerator),
-            "git_commit": git_commit(),
-            "command": sys.argv,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-            "resumed_from": str(resume_from) if resume_from else None,
-        }, indent=2) + "\n")
-    accelerator.wait_for_everyone()
+    check_batch_fits(cfg, accelerator.num_processes, task.split_size("train"))
+    checkpointer = Checkpointer(accelerator, out, tc.keep_checkpoints)
+    resume_from = find_resume_point(cfg, checkpointer)
 
-    # ---- data ------------------------------------------------------------------------------------------------
+    # ---- run files, data ---------------------------------------------------------------------------------
+    write_run_files(cfg, accelerator, resume_from)
+    accelerator.wait_for_everyone()
     with accelerator.main_process_first():  # the first process generates and caches, the others read
-        train_ds = task.dataset("train")
-        valid_ds = task.dataset("valid")
-        test_ds = task.dataset("test")
-    if len(train_ds) < per_step:
-        raise ConfigError(f"train.batch_size: {tc.batch_size} x {accelerator.num_processes} process(es) needs at "
-                          f"least {per_step} training examples, the task has {len(train_ds)}")
+        train_ds, valid_ds, test_ds = task.dataset("train"), task.dataset("valid"), task.dataset("test")
+    check_batch_fits(cfg, accelerator.num_processes, len(train_ds))
     sampler = EpochSampler(len(train_ds), tc.seed)
     train_dl = torch.utils.data.DataLoader(
         train_ds, batch_size=tc.batch_size, sampler=sampler, drop_last=True, collate_fn=task.collate,
         num_workers=tc.num_workers, generator=torch.Generator().manual_seed(tc.seed))
 
-    # ---- model, optimizer, schedule -------------------------------------------------------------------------
+    # ---- model, optimizer, schedule, state ---------------------------------------------------------------
     from .optim import build_optimizer, build_scheduler
 
     set_seed(tc.seed)
@@ -444,219 +731,67 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
     scheduler = build_scheduler(optimizer, tc.lr_schedule, tc.max_steps, tc.warmup_steps, tc.min_lr_ratio)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     state = TrainState()
-    # the scheduler is stepped once per optimizer step by this loop (not prepared: Accelerate would step it
+    # the scheduler is stepped once per optimizer step by the loop (not prepared: Accelerate would step it
     # once per process); it and the trainer state travel with the checkpoint
     accelerator.register_for_checkpointing(scheduler, state)
-    batches_per_epoch = len(train_dl)
-
+    metrics = MetricsLog(out / "metrics.jsonl", enabled=main_proc, tracker=accelerator.log)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        checkpointer.load(resume_from)
+        metrics.cut_back(state.step)
         if main_proc:
-            kept = [r for r in read_metrics(out / "metrics.jsonl") if r.get("step", 0) <= state.step
-                    and r.get("split") != "test"]
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
             print(f"seqzoo: resumed from {resume_from} (step {state.step})", flush=True)
-    elif main_proc and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
-
+    else:
+        metrics.clear()
     if trackers:
         accelerator.init_trackers(tc.project, config=flat_hparams(cfg.to_dict()))
 
-    unwrapped = accelerator.unwrap_model(model)
-    n_params = sum(p.numel() for p in unwrapped.parameters())
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
-
-    def run_eval(split: str, ds, max_batches) -> dict:
-        from .eval.evaluate import eval_loader, evaluate
-
-        loader = eval_loader(task, ds, ec.batch_size, accelerator.process_index, accelerator.num_processes)
-        # the wrapped model: under FSDP only it holds whole parameters; every process runs the same batches
-        return evaluate(model, task, loader, device=accelerator.device, max_batches=max_batches,
-                        autocast_dtype=autocast_dtype, reduce=lambda t: accelerator.reduce(t, "sum"))
-
-    def write_record(record: dict) -> None:
-        if main_proc:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-
-    def save_checkpoint() -> None:
-        folder = out / "checkpoints"
-        final = folder / f"{CHECKPOINT_PREFIX}{state.step:08d}"
-        tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{state.step:08d}"
-        if main_proc:
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if main_proc:
-            atomic_write_text(tmp / "trainer_state.json", json.dumps(state.state_dict(), indent=2) + "\n")
-            if final.exists():  # the same step saved before (a resumed run reaching it again)
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            for old in list_checkpoints(out)[: -tc.keep_checkpoints]:
-                doomed = old.with_name(f".del-{old.name}")
-                os.rename(old, doomed)
-                shutil.rmtree(doomed)
-        accelerator.wait_for_everyone()
-
-    # ---- train ------------------------------------------------------------------------------------------------
-    from tqdm.auto import tqdm
-
+    # ---- train -------------------------------------------------------------------------------------------
     if main_proc:
+        n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
         eff = tc.batch_size * tc.grad_accum * accelerator.num_processes
         print(f"seqzoo: {cfg.model['model_type']} ({n_params / 1e6:.2f}M params) on {task.name} | "
               f"{tc.max_steps} steps x {eff} examples | {accelerator.num_processes} process(es) on "
               f"{accelerator.device}, precision {accelerator.mixed_precision} | output {out}", flush=True)
-    bar = tqdm(total=tc.max_steps, initial=state.step, disable=not (main_proc and tc.progress_bar),
-               desc="train", dynamic_ncols=True, mininterval=0.5)
-
-    micro = state.step * tc.grad_accum  # micro-batches consumed so far: the data position
-    epoch, skip = divmod(micro, batches_per_epoch)
-
-    def micro_batches():
-        nonlocal epoch, skip
-        while True:
-            loader = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
-            skip = 0
-            # Accelerate's loader re-sets its sampler's epoch from its own counter when iterated: set both
-            loader.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            yield from loader
-            epoch += 1
-
-    stream = micro_batches()
-    model.train()
-    t_window = time.time()
-    callbacks = list(callbacks or [])
-    while state.step < tc.max_steps:
-        loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-        tokens = 0
-        for i in range(tc.grad_accum):
-            batch = next(stream)
-            last = i == tc.grad_accum - 1
-            # no gradient all-reduce on the micro-batches before the last one
-            ctx = accelerator.no_sync(model) if not last else contextlib.nullcontext()
-            with ctx:
-                out_ = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"])
-                loss = out_.loss
-                accelerator.backward(loss / tc.grad_accum)
-            loss_sum += loss.detach().double()
-            tokens += task.num_target_tokens(batch)
-        grad_norm = None
-        if tc.max_grad_norm is not None:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        bar.update(1)
-
-        # losses and tokens of all processes
-        stats = accelerator.reduce(torch.tensor([float(loss_sum), float(tc.grad_accum), float(tokens)],
-                                                dtype=torch.float64, device=accelerator.device), "sum")
-        state.window_loss_sum += float(stats[0])
-        state.window_loss_count += int(stats[1])
-        state.window_tokens += int(stats[2])
-        state.tokens += int(stats[2])
-
-        record: dict = {}
-        if state.step % tc.log_every == 0 or state.step == tc.max_steps:
-            elapsed = time.time() - t_window
-            record = {"type": "train", "step": state.step,
-                      "loss": state.window_loss_sum / max(1, state.window_loss_count), "lr": lr,
-                      "tokens": state.tokens, "tokens_per_s": state.window_tokens / max(elapsed, 1e-9),
-                      "elapsed_s": time.time() - t_start}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            write_record(record)
-            accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("type", "step")},
-                            step=state.step)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}",
-                            tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
-            state.window_loss_sum, state.window_loss_count, state.window_tokens = 0.0, 0, 0
-            t_window = time.time()
-        if ec.every_steps and state.step % ec.every_steps == 0 and state.step < tc.max_steps:
-            metrics = run_eval("valid", valid_ds, ec.max_batches)
-            rec = {"type": "eval", "split": "valid", "step": state.step, **metrics}
-            write_record(rec)
-            accelerator.log({f"valid/{k}": v for k, v in metrics.items()}, step=state.step)
-            if main_proc:
-                bar.write(f"step {state.step}: valid " + ", ".join(
-                    f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-        if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.step < tc.max_steps:
-            save_checkpoint()
-        for fn in callbacks:
-            fn(state.step, record)
-    bar.close()
+    loop = StepLoop(
+        task=task, model=model, optimizer=optimizer, scheduler=scheduler, accelerator=accelerator, state=state,
+        train=tc, eval_every=ec.every_steps, metrics=metrics, checkpointer=checkpointer,
+        validate=lambda: evaluate_split(task, model, valid_ds, accelerator=accelerator, batch_size=ec.batch_size,
+                                        max_batches=ec.max_batches),
+        progress=main_proc and tc.progress_bar, t_start=t_start)
+    loop.run(TrainStream(accelerator, train_dl, sampler, start=state.step * tc.grad_accum), callbacks or [])
     train_time = time.time() - t_start
 
     # ---- final model, test metrics, plot, summary ---------------------------------------------------------
-    accelerator.wait_for_everyone()
-    final_dir = out / "final"
-    full_state = accelerator.get_state_dict(model)  # collective under FSDP: gathers the full weights
-    if main_proc:
-        tmp = out / ".tmp-final"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        with _quiet_transformers():
-            unwrapped.save_pretrained(str(tmp), state_dict=full_state, safe_serialization=True)
-        tok = task.tokenizer()
-        if tok is not None:
-            tok.save_pretrained(str(tmp))
-        task.save_settings(tmp)
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        os.rename(tmp, final_dir)
-    accelerator.wait_for_everyone()
-
-    test = run_eval("test", test_ds, None)
-    write_record({"type": "eval", "split": "test", "step": state.step, **test})
-    accelerator.log({f"test/{k}": v for k, v in test.items()}, step=state.step)
+    final_dir = save_final_model(task, model, accelerator, out)
+    test = evaluate_split(task, model, test_ds, accelerator=accelerator, batch_size=ec.batch_size)
+    metrics.write({"type": "eval", "split": "test", "step": state.step, **test})
     result = {"task": task.settings_dict(), "split": "test", "step": state.step, "metrics": test,
               "model": str(final_dir), "train_time_s": train_time, "num_processes": accelerator.num_processes}
     if main_proc:
         atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
         try:
-            plot_curves(read_metrics(out / "metrics.jsonl"), out / "curves.png",
-                        f"{cfg.model['model_type']} on {task.name}")
+            plot_curves(metrics.read(), out / "curves.png", f"{cfg.model['model_type']} on {task.name}")
         except Exception as e:  # a plot must never lose a finished run
             print(f"seqzoo: could not draw curves.png: {e}", file=sys.stderr)
     if trackers:
         accelerator.end_training()
 
-    failed = [(k, test.get(k), v) for k, v in ec.require.items()
-              if not (isinstance(test.get(k), float) and test[k] >= v)]
-    result["require_failed"] = [k for k, _, _ in failed]
+    failed = [k for k, v in ec.require.items() if not (isinstance(test.get(k), float) and test[k] >= v)]
+    result["require_failed"] = failed
     if main_proc:
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
-        line = (f"seqzoo: {task.name} test {shown} ({test.get('num_targets', 0)} targets) | {state.step} steps "
-                f"in {train_time:.0f}s | model {final_dir}")
-        print(line, flush=True)
-        for k, v in ec.require.items():
-            got = test.get(k)
-            ok = isinstance(got, float) and got >= v
-            print(f"seqzoo: required {k} >= {v}: {'PASS' if ok else 'FAIL'} (got "
-                  f"{got if not isinstance(got, float) else round(got, 4)})", flush=True)
+        print_summary(task, test, ec.require, state.step, train_time, final_dir)
     return result
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """No "Writing model shards" bar for a one-file model."""
-    from transformers.utils import logging as tf_logging
-
-    was = tf_logging.is_progress_bar_enabled()
-    tf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            tf_logging.enable_progress_bar()
+def print_summary(task, test: dict, require: dict, steps: int, train_time: float, final_dir: Path) -> None:
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
+    print(f"seqzoo: {task.name} test {shown} ({test.get('num_targets', 0)} targets) | {steps} steps "
+          f"in {train_time:.0f}s | model {final_dir}", flush=True)
+    for k, v in require.items():
+        got = test.get(k)
+        ok = isinstance(got, float) and got >= v
+        print(f"seqzoo: required {k} >= {v}: {'PASS' if ok else 'FAIL'} (got "
+              f"{got if not isinstance(got, float) else round(got, 4)})", flush=True)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,22 +1,31 @@
-"""Tasks: each builds its data (through ``datasets``, cached on disk), picks the model head and computes its
-metrics. ``get_task(name, settings)`` builds one by name; ``python -m seqzoo.eval`` evaluates a checkpoint.
+"""Tasks: each builds its data (through ``datasets``, cached on disk), names the head its model needs, owns the
+model call on a batch (``Task.step``) and computes its metrics. ``get_task(name, settings)`` builds one by
+name; ``python -m seqzoo.eval`` evaluates a checkpoint.
 
-Registered tasks: ``mqar`` (Zoology's multi-query associative recall). A new task subclasses
-:class:`seqzoo.eval.base.Task` and calls :func:`register_task`.
+Registered tasks: ``mqar`` (Zoology's multi-query associative recall). Registered heads
+(:mod:`seqzoo.eval.heads`): ``causal-lm``, ``classification``. A new task subclasses
+:class:`seqzoo.eval.base.Task` and calls :func:`register_task`; a new kind of model call subclasses
+:class:`seqzoo.eval.heads.Head` and calls :func:`register_head` (see ``docs/training.md``, "Adding a task").
+
+This package imports nothing from ``seqzoo.config`` or ``seqzoo.trainer`` (the config system imports the task
+registry, not the other way round).
 """
 
 from __future__ import annotations
 
-from .base import IGNORE_INDEX, SETTINGS_FILE, Task, read_saved_settings
+from ..common import ConfigError, did_you_mean
+from .base import IGNORE_INDEX, SETTINGS_FILE, StepOutput, Task, read_saved_settings
+from .heads import Head, HeadOutput, get_head, list_heads, register_head
 from .mqar import MQARSettings, MQARTask, multiquery_ar
 
 _TASKS: dict[str, type[Task]] = {}
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    """Register a Task subclass under ``cls.name`` (usable as a decorator)."""
+    """Register a Task subclass under ``cls.name`` (usable as a decorator). Its ``head`` must be registered."""
     if not (isinstance(cls, type) and issubclass(cls, Task)):
         raise TypeError(f"register_task: expected a Task subclass, got {cls!r}")
+    get_head(getattr(cls, "head", None), where=f"register_task: {cls.__name__}.head")
     existing = _TASKS.get(cls.name)
     if existing is not None and existing is not cls:
         raise ValueError(f"register_task: a task named {cls.name!r} is already registered ({existing.__name__})")
@@ -29,10 +38,9 @@ def list_tasks() -> list[str]:
 
 
 def get_task_class(name: str, where: str = "task.name") -> type[Task]:
-    from ..config import ConfigError
-
     if name not in _TASKS:
-        raise ConfigError(f"{where}: unknown task {name!r}; known tasks: {', '.join(list_tasks())}")
+        raise ConfigError(f"{where}: unknown task {name!r}{did_you_mean(name, _TASKS)}; "
+                          f"known tasks: {', '.join(list_tasks())}")
     return _TASKS[name]
 
 
@@ -44,5 +52,6 @@ def get_task(name: str, settings=None, cache_dir=None) -> Task:
 
 register_task(MQARTask)
 
-__all__ = ["IGNORE_INDEX", "SETTINGS_FILE", "Task", "MQARTask", "MQARSettings", "multiquery_ar", "get_task",
-           "get_task_class", "list_tasks", "register_task", "read_saved_settings"]
+__all__ = ["IGNORE_INDEX", "SETTINGS_FILE", "Head", "HeadOutput", "MQARSettings", "MQARTask", "StepOutput", "Task",
+           "get_head", "get_task", "get_task_class", "list_heads", "list_tasks", "multiquery_ar", "read_saved_settings",
+           "register_head", "register_task"]

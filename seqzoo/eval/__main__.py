@@ -19,6 +19,10 @@ from pathlib import Path
 
 import yaml
 
+from ..common import ConfigError, atomic_write_text, autocast_dtype, resolve_precision
+from ..common import resolve_model_dir as _resolve_model_dir
+from ..fields import build_dataclass
+
 
 def parse_args(argv: list[str] | None = None):
     p = argparse.ArgumentParser(
@@ -68,19 +72,7 @@ def parse_args(argv: list[str] | None = None):
 
 
 def resolve_model_dir(path: str) -> Path:
-    from ..config import ConfigError
-
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"--model: {path!r} does not exist")
-    if not p.is_dir():
-        raise ConfigError(f"--model: {path!r} is not a directory")
-    if not (p / "config.json").is_file() and (p / "final" / "config.json").is_file():
-        p = p / "final"
-    if not (p / "config.json").is_file():
-        raise ConfigError(f"--model: {path!r} has no config.json; expected a directory written by save_pretrained "
-                          f"(e.g. a run's output_dir/final) or a run's output_dir")
-    return p
+    return _resolve_model_dir(path, where="--model")
 
 
 def run(args, overrides: dict) -> dict:
@@ -88,9 +80,8 @@ def run(args, overrides: dict) -> dict:
 
     import seqzoo  # noqa: F401  (registers the architectures with the Auto classes)
 
-    from ..config import ConfigError, build_dataclass
     from . import get_task_class, read_saved_settings
-    from .evaluate import eval_loader, evaluate
+    from .evaluate import evaluate
 
     model_dir = resolve_model_dir(args.model)
     saved = read_saved_settings(model_dir)
@@ -118,24 +109,18 @@ def run(args, overrides: dict) -> dict:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device: {args.device!r} asked for but CUDA is not available")
-    autocast_dtype = None
-    if args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda"
-                                    and torch.cuda.is_bf16_supported()):
-        autocast_dtype = torch.bfloat16
+    dtype = autocast_dtype(resolve_precision(args.precision, device.type))
 
     import transformers
 
     config = transformers.AutoConfig.from_pretrained(str(model_dir))
     task.check_model_config(config, where="the model's config")
-    from ..trainer import _quiet_transformers
-
-    with _quiet_transformers():
-        model = task.auto_model_class().from_pretrained(str(model_dir)).to(device)
+    model = task.load_model(model_dir).to(device)
     t0 = time.time()
     ds = task.dataset(args.split)
-    loader = eval_loader(task, ds, args.batch_size)
+    loader = task.eval_loader(ds, args.batch_size)
     metrics = evaluate(model, task, loader, device=device, max_batches=args.max_batches,
-                       autocast_dtype=autocast_dtype, progress=sys.stderr.isatty())
+                       autocast_dtype=dtype, progress=sys.stderr.isatty())
     result = {"model": str(model_dir), "model_type": config.model_type, "task": task.settings_dict(),
               "split": args.split, "num_examples": len(ds) if args.max_batches is None else
               min(len(ds), args.max_batches * args.batch_size), "metrics": metrics,
@@ -144,9 +129,6 @@ def run(args, overrides: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..config import ConfigError
-    from .base import atomic_write_text
-
     args, overrides = parse_args(argv)
     try:
         result = run(args, overrides)

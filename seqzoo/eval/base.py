@@ -1,18 +1,42 @@
-"""The Task interface: a task builds its train / valid / test sets, says which head it needs, pads and collates
-batches, and computes its metrics.
+"""The Task interface: a task builds its train / valid / test sets, names the head its model needs, and owns
+the model call on a batch (``Task.step``) and its metrics.
 
-A task is a subclass of :class:`Task` with
+Adding a task
+-------------
+
+A task is a subclass of :class:`Task`, registered with :func:`seqzoo.eval.register_task`. It defines
 
 - ``name``: the registry name (``task.name`` in a config, ``--task`` in the eval CLI);
-- ``head``: ``"causal-lm"`` (``AutoModelForCausalLM``) or ``"classification"``
-  (``AutoModelForSequenceClassification``, with ``num_labels``);
-- ``Settings``: a dataclass of its parameters (every field is a config key, ``task.FIELD=value``);
-- ``generate(split)``: the examples of one split, a dict of columns (``input_ids`` and ``labels``, one row per
-  example) or a ``datasets.Dataset``.
+- ``Settings``: a dataclass of its parameters (every field is a config key, ``task.FIELD=value``, checked for
+  type; ``validate_settings`` raises :class:`~seqzoo.common.ConfigError` for values that cannot work);
+- ``generate(split)``: the examples of one split (``train``, ``valid``, ``test``), a dict of columns or a
+  ``datasets.Dataset``;
+- ``head``: the name of a registered head (:mod:`seqzoo.eval.heads`): ``"causal-lm"``, ``"classification"``,
+  or one the task's module registers. The head says which model class wraps the backbone, how a batch is
+  collated and fed to the model, and which logits are scored against which labels;
+
+and may override
+
+- ``vocab_size`` / ``max_length`` / ``num_labels`` / ``tokenizer()`` / ``model_config_defaults()``: what the
+  model config must satisfy (checked before a run writes anything) and the defaults it gets from the task;
+- ``split_params(split)`` (the cache key of a split), ``split_size(split)`` (known sizes, checked early);
+- ``collate(examples)`` (default: the head's), ``metric_sums(logits, batch)`` (default: mean cross-entropy and
+  accuracy over the head's targets), ``metric_names``, ``primary_metric``;
+- ``step(model, batch)``: the one model call the trainer and the eval CLI make. Default: the head's
+  ``forward`` and then ``metric_sums``. A task whose metric is not a function of the logits (bits per byte
+  over a byte stream, say) overrides ``metric_sums``; one that needs a different call registers a head;
+- ``eval_loader(dataset, batch_size, rank, world)``: how a split is cut into evaluation batches per process.
+  The default interleaves examples over processes; a segment-carrying evaluator keeps each stream's segments
+  in order (its head's ``forward`` returns the model cache as ``HeadOutput.carry`` and ``evaluate`` hands it to
+  the next batch).
 
 The base class caches each split on disk through ``datasets`` (``save_to_disk``, written to a temporary
 folder and renamed into place) under a key computed from the task name, its data version and the settings
 that split depends on, so the same settings never generate twice and different settings never collide.
+
+Metrics are sums: ``metric_sums`` returns ``{name: tensor([sum, count])}`` (float64) per batch; the sums are
+added over batches and processes and divided once at the end (:meth:`Task.finalize`), so a multi-process
+evaluation equals a single-process one.
 
 Labels follow the Hugging Face causal-LM convention: ``labels`` has the shape of ``input_ids`` and the model
 *shifts* them, so the logits at position ``t`` are scored against ``labels[t + 1]``; positions labelled
@@ -22,7 +46,6 @@ Labels follow the Hugging Face causal-LM convention: ``labels`` has the shape of
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,11 +53,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
-IGNORE_INDEX = -100
+from ..common import ConfigError, atomic_write_text, quiet_progress_bars
+from ..fields import build_dataclass
+from .heads import IGNORE_INDEX, Head, get_head  # noqa: F401  (IGNORE_INDEX: re-exported)
+
 SETTINGS_FILE = "seqzoo_task.json"  # written beside a saved model: the task it was trained on
 SPLITS = ("train", "valid", "test")
 
@@ -46,31 +72,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "seqzoo" / "datasets"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+@dataclasses.dataclass
+class StepOutput:
+    """What :meth:`Task.step` returns for one batch."""
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    loss: torch.Tensor | None  # the differentiable mean loss (when asked for): what the trainer backpropagates
+    sums: dict[str, torch.Tensor] | None  # {metric: tensor([sum, count])} (when asked for), see metric_sums
+    carry: Any = None  # the head's state for the next batch of the same stream (segment-carrying evaluation)
 
 
 class Task(abc.ABC):
     name: ClassVar[str]
-    head: ClassVar[Literal["causal-lm", "classification"]]
+    head: ClassVar[str]  # a registered head's name (seqzoo.eval.heads): "causal-lm", "classification", ...
     Settings: ClassVar[type]
     data_version: ClassVar[int] = 1  # bump when generate() changes, so old caches are not reused
     primary_metric: ClassVar[str] = "accuracy"
@@ -80,8 +93,6 @@ class Task(abc.ABC):
         if settings is None:
             settings = self.Settings()
         elif isinstance(settings, dict):
-            from ..config import build_dataclass
-
             settings = build_dataclass(self.Settings, settings, "task")
         elif not isinstance(settings, self.Settings):
             raise TypeError(f"settings: expected {self.Settings.__name__} or a dict, got {type(settings).__name__}")
@@ -131,21 +142,25 @@ class Task(abc.ABC):
 
     # ---- model side ---------------------------------------------------------------------------------------
 
+    @property
+    def head_spec(self) -> Head:
+        """The registered :class:`~seqzoo.eval.heads.Head` named by ``head``."""
+        return get_head(self.head, where=f"task {self.name!r}: head")
+
     def model_config_defaults(self) -> dict:
-        """Config fields the task fills in when the model section does not set them."""
+        """Config fields the task fills in when the model section does not set them (with the head's, e.g.
+        ``num_labels``)."""
         out = {}
         if self.vocab_size is not None:
             out["vocab_size"] = self.vocab_size
         if self.max_length is not None:
             out["max_position_embeddings"] = self.max_length
-        if self.head == "classification":
-            out["num_labels"] = self.num_labels
+        out.update(self.head_spec.config_defaults(self))
         return out
 
     def check_model_config(self, config, where: str = "model") -> None:
-        """Raise ValueError when the model cannot run this task (vocab too small, sequence too long)."""
-        from ..config import ConfigError
-
+        """Raise ConfigError when the model cannot run this task (vocab too small, sequence too long, the head's
+        own checks such as the number of labels)."""
         vocab = getattr(config, "vocab_size", None)
         if self.vocab_size is not None and vocab is not None and vocab < self.vocab_size:
             raise ConfigError(f"{where}.vocab_size: the model has {vocab} token ids but task {self.name!r} uses "
@@ -154,18 +169,47 @@ class Task(abc.ABC):
         if self.max_length is not None and max_pos is not None and max_pos < self.max_length:
             raise ConfigError(f"{where}.max_position_embeddings: {max_pos} is shorter than the task's sequences "
                               f"({self.max_length} tokens)")
-        if self.head == "classification":
-            n = getattr(config, "num_labels", None)
-            if n != self.num_labels:
-                raise ConfigError(f"{where}.num_labels: the model has {n} labels, task {self.name!r} "
-                                  f"needs {self.num_labels}")
+        self.head_spec.check_config(self, config, where)
 
     def auto_model_class(self):
-        import transformers
+        """The transformers Auto class of the head (for heads built on one)."""
+        return self.head_spec.auto_model_class()
 
-        if self.head == "causal-lm":
-            return transformers.AutoModelForCausalLM
-        return transformers.AutoModelForSequenceClassification
+    def build_model(self, config) -> torch.nn.Module:
+        """A freshly initialized model for ``config`` (the head's)."""
+        return self.head_spec.build(config, self)
+
+    def load_model(self, path: str | Path, **overrides) -> torch.nn.Module:
+        """The model saved in ``path`` (by :meth:`save_model`), with config ``overrides``."""
+        return self.head_spec.load(str(path), self, **overrides)
+
+    def save_model(self, model: torch.nn.Module, directory: str | Path, state_dict: dict | None = None) -> None:
+        """Write ``model`` (unwrapped) to ``directory``: the head's weights and config, the tokenizer when the
+        task has one, and the task settings (``seqzoo_task.json``)."""
+        self.head_spec.save(model, str(directory), state_dict)
+        tok = self.tokenizer()
+        if tok is not None:
+            tok.save_pretrained(str(directory))
+        self.save_settings(directory)
+
+    # ---- the model call -----------------------------------------------------------------------------------
+
+    def step(self, model: torch.nn.Module, batch: dict, *, loss: bool = True, metrics: bool = True,
+             carry: Any = None) -> StepOutput:
+        """Run ``model`` on one collated ``batch`` (already on the model's device): the mean loss to train on
+        (``loss``) and the metric sums of the batch (``metrics``). The trainer asks for the loss only, the
+        evaluation for the metrics only. ``model`` may be wrapped by DDP/FSDP; ``carry`` is the previous
+        batch's ``StepOutput.carry`` in an evaluation pass (None at the start, and always in training)."""
+        out = self.head_spec.forward(model, batch, loss=loss, carry=carry)
+        sums = self.metric_sums(out.logits, batch) if metrics else None
+        return StepOutput(loss=out.loss, sums=sums, carry=out.carry)
+
+    def eval_loader(self, dataset, batch_size: int, rank: int = 0, world: int = 1):
+        """The evaluation batches of process ``rank`` of ``world``: every example scored by exactly one process,
+        every process running the same number of batches (see :mod:`seqzoo.eval.evaluate`)."""
+        from .evaluate import eval_loader
+
+        return eval_loader(self, dataset, batch_size, rank, world)
 
     # ---- data ---------------------------------------------------------------------------------------------
 
@@ -190,7 +234,7 @@ class Task(abc.ABC):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
             try:
-                with _quiet_datasets():
+                with quiet_progress_bars():
                     ds.save_to_disk(str(tmp))
                 (tmp / "seqzoo_cache.json").write_text(json.dumps(
                     {"task": self.name, "split": split, "version": self.data_version, **self.split_params(split)},
@@ -207,52 +251,29 @@ class Task(abc.ABC):
         return ds.with_format("torch")
 
     def collate(self, examples: list[dict]) -> dict:
-        """Pad ``input_ids`` (with ``pad_token_id``) and, for causal LM, ``labels`` (with -100) to the longest
-        example on the right; ``attention_mask`` marks the real tokens."""
-        ids = [torch.as_tensor(e["input_ids"], dtype=torch.long) for e in examples]
-        length = max(len(x) for x in ids)
-        batch_ids = torch.full((len(ids), length), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), length), dtype=torch.long)
-        for i, x in enumerate(ids):
-            batch_ids[i, : len(x)] = x
-            mask[i, : len(x)] = 1
-        out = {"input_ids": batch_ids, "attention_mask": mask}
-        if self.head == "causal-lm":
-            labels = torch.full((len(ids), length), IGNORE_INDEX, dtype=torch.long)
-            for i, e in enumerate(examples):
-                lab = torch.as_tensor(e["labels"], dtype=torch.long)
-                labels[i, : len(lab)] = lab
-        else:
-            labels = torch.tensor([int(e["labels"]) for e in examples], dtype=torch.long)
-        out["labels"] = labels
-        return out
+        """A batch from a list of examples: the head's collate (causal LM: ``input_ids`` padded with
+        ``pad_token_id`` and ``labels`` with -100 on the right, ``attention_mask`` marking the real tokens)."""
+        return self.head_spec.collate(self, examples)
 
     def num_target_tokens(self, batch: dict) -> int:
         """Tokens the model reads in ``batch`` (for tokens/s)."""
-        return int(batch["attention_mask"].sum())
+        return self.head_spec.num_tokens(batch)
 
     # ---- metrics ------------------------------------------------------------------------------------------
 
     def metric_sums(self, logits: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         """Per-batch sufficient statistics: ``{metric: tensor([sum, count])}`` (float64), summed over batches
         and processes, then divided by :meth:`finalize`. Default: loss (mean cross-entropy, nats) and accuracy
-        over the labelled positions; causal-LM logits at ``t`` are scored against ``labels[t + 1]``."""
-        labels = batch["labels"]
-        if self.head == "causal-lm":
-            logits = logits[:, :-1]
-            labels = labels[:, 1:]
-        logits = logits.float().reshape(-1, logits.shape[-1])
-        labels = labels.reshape(-1).to(logits.device)
-        keep = labels != IGNORE_INDEX
-        logits, labels = logits[keep], labels[keep]
-        n = float(labels.numel())
-        loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double() if n else 0.0
-        correct = (logits.argmax(-1) == labels).sum().double() if n else 0.0
-        dev = logits.device
-        return {
-            "loss": torch.tensor([float(loss_sum), n], dtype=torch.float64, device=dev),
-            "accuracy": torch.tensor([float(correct), n], dtype=torch.float64, device=dev),
-        }
+        over the head's targets (causal LM: the logits at ``t`` against ``labels[t + 1]``; -100 is ignored)."""
+        logits, labels = self.head_spec.targets(logits, batch["labels"])
+        # tensors on the logits' device all the way: no host sync per batch
+        n = torch.tensor(float(labels.numel()), dtype=torch.float64, device=logits.device)
+        if labels.numel():
+            loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+            correct = (logits.argmax(-1) == labels).sum().double()
+        else:
+            loss_sum = correct = torch.zeros((), dtype=torch.float64, device=logits.device)
+        return {"loss": torch.stack([loss_sum, n]), "accuracy": torch.stack([correct, n])}
 
     @staticmethod
     def add_sums(total: dict | None, sums: dict) -> dict:
@@ -280,20 +301,6 @@ class Task(abc.ABC):
         path = Path(directory) / SETTINGS_FILE
         atomic_write_text(path, json.dumps(self.settings_dict(), indent=2) + "\n")
         return path
-
-
-@contextlib.contextmanager
-def _quiet_datasets():
-    """No "Saving the dataset" progress bars for our small generated sets."""
-    from datasets.utils import logging as ds_logging
-
-    was = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            ds_logging.enable_progress_bar()
 
 
 def read_saved_settings(directory: str | Path) -> dict | None:

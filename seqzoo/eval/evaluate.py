@@ -1,9 +1,13 @@
 """Run a model over one split of a task and compute the task's metrics (used by the trainer and the eval CLI).
 
-Each process evaluates a disjoint slice of the split (examples ``rank, rank + world, ...``, padded with
-label-less copies to equal length), so nothing is counted twice and every process runs the same number of
-forward passes (a DDP/FSDP-wrapped model may synchronize inside forward); the metric sums are then added up
-across processes.
+The model is called only through ``task.step`` (the task's head decides how a batch becomes a model call); the
+``carry`` a step returns is handed to the next batch's step, so a head can carry state (the model's cache)
+across the consecutive segments of one stream.
+
+By default (:func:`eval_loader`) each process evaluates a disjoint slice of the split (examples
+``rank, rank + world, ...``, padded with label-less copies to equal length), so nothing is counted twice and
+every process runs the same number of forward passes (a DDP/FSDP-wrapped model may synchronize inside
+forward); the metric sums are then added up across processes.
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ def eval_loader(task: Task, dataset, batch_size: int, rank: int = 0, world: int 
 def evaluate(model: torch.nn.Module, task: Task, loader: DataLoader, *, device: torch.device | None = None,
              max_batches: int | None = None, autocast_dtype: torch.dtype | None = None,
              reduce=None, progress: bool = False) -> dict[str, float]:
-    """Metrics of ``model`` over ``loader``. ``reduce(tensor) -> tensor`` sums a tensor across processes
-    (``accelerator.reduce(t, "sum")``); None for a single process."""
+    """Metrics of ``model`` over ``loader`` (from ``task.eval_loader``). ``reduce(tensor) -> tensor`` sums a
+    tensor across processes (``accelerator.reduce(t, "sum")``); None for a single process."""
     was_training = model.training
     model.eval()
     if device is None:
         device = next(model.parameters()).device
     total = None
+    carry = None
     it = loader
     if progress:
         from tqdm.auto import tqdm
@@ -66,10 +71,11 @@ def evaluate(model: torch.nn.Module, task: Task, loader: DataLoader, *, device: 
         for i, batch in enumerate(it):
             if max_batches is not None and i >= max_batches:
                 break
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             with ctx:
-                out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            total = task.add_sums(total, task.metric_sums(out.logits, batch))
+                out = task.step(model, batch, loss=False, metrics=True, carry=carry)
+            carry = out.carry
+            total = task.add_sums(total, out.sums)
     finally:
         model.train(was_training)
     if total is None:  # this process had no examples (more processes than examples)

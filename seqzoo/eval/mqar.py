@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..common import ConfigError
 from .base import IGNORE_INDEX, Task
 
 SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2}
@@ -46,8 +47,6 @@ SPLIT_INDEX = {"train": 0, "valid": 1, "test": 2}
 def check_mqar_args(vocab_size: int, seq_len: int, num_kv_pairs: int, power_a: float = 0.01,
                     num_passes: int = 1, num_examples: int = 1, prefix: str = "") -> None:
     """Zoology's constraints, as errors that name the argument."""
-    from ..config import ConfigError
-
     def name(n):
         return f"{prefix}{n}"
 
@@ -145,8 +144,6 @@ class MQARTask(Task):
 
     @classmethod
     def validate_settings(cls, s: MQARSettings) -> None:
-        from ..config import ConfigError
-
         check_mqar_args(s.vocab_size, s.seq_len, s.num_kv_pairs, s.power_a, s.num_passes, prefix="task.")
         for n in ("num_train", "num_valid", "num_test"):
             v = getattr(s, n)
