@@ -8,6 +8,12 @@ A run config has five top-level keys::
     train:  {max_steps: 1000, lr: 1.0e-3, ...}                 # see TrainConfig below
     eval:   {every_steps: 200, ...}                            # see EvalConfig below
 
+A file may name base files (``base: _common.yaml`` or ``base: [a.yaml, b.yaml]``, relative to the file):
+their values come first and the file's own override them, mapping by mapping (lists are replaced, not
+appended). Without ``output_dir`` a run goes to ``runs/<the file's path below configs/>``
+(``configs/mqar/deltanet.yaml`` -> ``runs/mqar/deltanet``). The resolved config a run writes
+(``run_config.yaml``) is complete: every default filled in, no ``base``.
+
 Overrides are ``section.field=value`` (``train.lr=3e-4``, ``model.num_hidden_layers=4``,
 ``output_dir=/tmp/run``); the value is parsed as YAML (so ``[0.9, 0.95]``, ``true``, ``null`` work) and then
 type-checked like a value from the file. Every key is checked: an unknown key or a value of the wrong type
@@ -20,6 +26,7 @@ against the dataclasses below.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import typing
@@ -182,6 +189,7 @@ class RunConfig:
 
 
 def load_yaml(path: str | Path) -> dict:
+    """One YAML file as a mapping (its ``base`` not applied; see :func:`load_composed`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist" if not path.exists()
@@ -196,6 +204,65 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file {str(path)!r}: expected a mapping with keys {', '.join(SECTIONS)}, "
                           f"got {type(data).__name__}")
     return data
+
+
+BASE_KEY = "base"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` on top of ``base`` (both left untouched): mappings merge key by key, recursively; any other
+    value (a list, a scalar, null) replaces the base's."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_composed(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file with its bases applied. ``base: FILE`` or ``base: [FILE, ...]`` (paths relative to the
+    file that names them) are loaded first, each with its own bases, and merged in order (a later base
+    overrides an earlier one); the file's own keys override them all (:func:`deep_merge`). The result has no
+    ``base`` key. A file that is its own base, directly or through others, is an error naming the chain."""
+    path = Path(path)
+    data = load_yaml(path)
+    here = path.resolve()
+    if here in _chain:
+        chain = " -> ".join(str(p) for p in (*_chain[_chain.index(here):], here))
+        raise ConfigError(f"config file {str(path)!r}: its bases form a cycle: {chain}")
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"config file {str(path)!r}: base: expected a file name or a list of file names "
+                          f"(relative to the file), got {bases!r}")
+    merged: dict = {}
+    for name in bases:
+        base_path = path.parent / name
+        if not base_path.is_file():
+            raise ConfigError(f"config file {str(path)!r}: base {name!r}: {str(base_path)!r} "
+                              f"{'is not a file' if base_path.exists() else 'does not exist'}")
+        merged = deep_merge(merged, load_composed(base_path, (*_chain, here)))
+    return deep_merge(merged, data)
+
+
+def default_output_dir(path: str | Path) -> str:
+    """Where a config file's run goes when it names no ``output_dir``: ``runs/`` + the file's path below its
+    ``configs/`` folder, without ``.yaml`` (``configs/mqar/deltanet.yaml`` -> ``runs/mqar/deltanet``); for a
+    file outside any ``configs/`` folder, ``runs/`` + the file's name without ``.yaml``. Relative to the
+    working directory, like an ``output_dir`` written in the file."""
+    parts = Path(path).resolve().parts
+    folders = parts[:-1]
+    if "configs" in folders:
+        start = len(folders) - folders[::-1].index("configs")  # below the innermost configs/ folder
+        rel = Path(*parts[start:]).with_suffix("")
+    else:
+        rel = Path(Path(path).stem)
+    return str(Path("runs") / rel)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -339,7 +406,12 @@ def model_config_error(error: Exception) -> ConfigError:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    return resolve(apply_overrides(load_yaml(path), list(overrides or [])))
+    """The checked run config of a YAML file (its bases applied, :func:`load_composed`) with ``overrides``;
+    ``output_dir`` defaults to :func:`default_output_dir` of the file."""
+    raw = apply_overrides(load_composed(path), list(overrides or []))
+    if "output_dir" not in raw:
+        raw["output_dir"] = default_output_dir(path)
+    return resolve(raw)
 
 
 def dump_yaml(data: dict) -> str:
