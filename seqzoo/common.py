@@ -134,6 +134,12 @@ _STAGING = contextvars.ContextVar("seqzoo_staging", default=False)
 _WEIGHT_PREFIXES = ("model.safetensors", "model-", "pytorch_model")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def staged_directory(target: str | os.PathLike):
     """Write a checkpoint folder so that a failed save never leaves a half-written one.
@@ -161,7 +167,13 @@ def staged_directory(target: str | os.PathLike):
         raise
     finally:
         _STAGING.reset(token)
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+    mask = _umask()
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; give the folder and its files the usual modes
+    for root, dirs, files in os.walk(tmp):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o666 & ~mask)
     if not os.path.exists(target):
         os.replace(tmp, target)
         return

@@ -7,6 +7,8 @@ so ``pipeline("text-generation", model=path)`` works for byte-level models (EnWi
 
 from __future__ import annotations
 
+import os
+
 from transformers import PreTrainedTokenizer
 
 NUM_BYTES = 256
@@ -79,9 +81,21 @@ class ByteTokenizer(PreTrainedTokenizer):
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         return ()  # the vocabulary is the 256 byte values: nothing to write
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        out = super().save_pretrained(save_directory, *args, **kwargs)
-        from .architectures.base.registry import write_tokenizer_shim
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoTokenizer"):
+        """No-op: seqzoo writes its own ``auto_map`` and ``seqzoo_remote.py`` shim. transformers calls this after
+        a ``trust_remote_code`` load, and would then try to copy this class's source file on the next save."""
 
-        write_tokenizer_shim(save_directory)
-        return out
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        from .architectures.base.registry import write_remote_shim
+        from .common import staged_directory
+
+        if args or kwargs.get("push_to_hub"):
+            out = super().save_pretrained(save_directory, *args, **kwargs)
+            write_remote_shim(save_directory)
+            return out
+        target = os.path.abspath(os.fspath(save_directory))
+        with staged_directory(target) as folder:
+            out = super().save_pretrained(folder, **kwargs)
+            write_remote_shim(folder)
+        return tuple(os.path.join(target, os.path.relpath(str(f), folder)) for f in out)

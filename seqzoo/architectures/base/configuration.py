@@ -69,6 +69,15 @@ class ZooConfig(PreTrainedConfig):
         **kwargs,
     ):
         forwarded = self.__dict__.pop("_forwarded_settings", {})  # from forward_settings() in a subclass
+        given_type = kwargs.pop("model_type", None)  # config.json carries it; it must name this class
+        if given_type is not None and given_type != type(self).model_type:
+            from .registry import ARCHITECTURES
+
+            raise ConfigError(
+                f"model_type: {given_type!r} is not {type(self).__name__}'s {type(self).model_type!r}"
+                f"{did_you_mean(str(given_type), ARCHITECTURES)}; registered seqzoo model types: "
+                f"{', '.join(sorted(ARCHITECTURES))}"
+            )
         values = dict(
             vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
             num_heads=num_heads, head_dim=head_dim, intermediate_size=intermediate_size, mlp_type=mlp_type,
@@ -79,14 +88,12 @@ class ZooConfig(PreTrainedConfig):
         hints = _init_hints(ZooConfig)
         for key, value in values.items():
             setattr(self, key, check_type(f"{type(self).__name__}.{key}", value, hints[key]))
+        passed = dict(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
+                      tie_word_embeddings=tie_word_embeddings)  # transformers' fields, checked here too
+        passed = {k: check_type(f"{type(self).__name__}.{k}", v, hints[k]) for k, v in passed.items()}
+        tie_word_embeddings = passed["tie_word_embeddings"]
         kwargs.setdefault("auto_map", self._default_auto_map())
-        super().__init__(
-            pad_token_id=pad_token_id,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            tie_word_embeddings=tie_word_embeddings,
-            **kwargs,
-        )
+        super().__init__(**passed, **kwargs)
         self.tie_word_embeddings = tie_word_embeddings
         self.validate_zoo()
         specs = self._build_layers(layers, mixer_pattern, forwarded)
@@ -94,17 +101,22 @@ class ZooConfig(PreTrainedConfig):
 
     # ------------------------------------------------------------------------------------------
     # presets
-    def forward_settings(self, layer_type: str, **values) -> None:
-        """Called by an architecture's ``__init__`` before ``super().__init__``: ``values`` become the defaults
-        of the settings of every layer of ``layer_type`` (a mixer or FFN name) that does not set them."""
+    def forward_settings(self, layer_type: str, values: dict | None = None, field_names: dict | None = None,
+                         **more) -> None:
+        """Called by an architecture's ``__init__`` before ``super().__init__``: ``values`` (setting name ->
+        value) become the defaults of the settings of every layer of ``layer_type`` (a mixer or FFN name) that
+        does not set them. ``field_names`` maps a setting to the config field it came from where the names
+        differ (``{"activation": "diag_activation"}``), so that errors name what the user wrote. Settings may
+        also be given as keyword arguments."""
         kind = "mixer" if layer_type in MIXERS else "ffn"
         settings_cls = get_layer_type(kind, layer_type, type(self).__name__).settings
         types_ = dataclass_types(settings_cls)
+        field_names = field_names or {}
         checked = {}
-        for key, value in values.items():
+        for key, value in {**(values or {}), **more}.items():
             if key not in types_:  # a bug in the architecture, not user input
                 raise TypeError(f"{type(self).__name__}.forward_settings: {layer_type} has no setting {key!r}")
-            checked[key] = check_type(f"{type(self).__name__}.{key}", value, types_[key])
+            checked[key] = check_type(f"{type(self).__name__}.{field_names.get(key, key)}", value, types_[key])
         table = self.__dict__.setdefault("_forwarded_settings", {})
         table.setdefault(layer_type, {}).update(checked)
 
@@ -225,7 +237,7 @@ class ZooConfig(PreTrainedConfig):
     # ------------------------------------------------------------------------------------------
     # trust_remote_code support: checkpoints carry auto_map entries that point at a tiny shim module
     # (written next to config.json by save_pretrained) which imports the classes from the installed seqzoo.
-    REMOTE_MODULE = "seqzoo_remote"
+    REMOTE_MODULE = "seqzoo_remote"  # registry.REMOTE_MODULE
 
     @classmethod
     def _arch_class_names(cls) -> dict[str, str]:
@@ -235,11 +247,22 @@ class ZooConfig(PreTrainedConfig):
     def _default_auto_map(cls) -> dict[str, str]:
         return {auto: f"{cls.REMOTE_MODULE}.{name}" for auto, name in cls._arch_class_names().items()}
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoConfig"):
+        """No-op: seqzoo writes its own ``auto_map`` and ``seqzoo_remote.py`` shim. transformers calls this after
+        a ``trust_remote_code`` load, and would then try to copy this class's source file on the next save."""
+
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
-        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        from ...common import staged_directory
         from .registry import write_remote_shim
 
-        write_remote_shim(save_directory, type(self))
+        if push_to_hub:
+            super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+            write_remote_shim(save_directory)
+            return
+        with staged_directory(save_directory) as folder:
+            super().save_pretrained(folder, **kwargs)
+            write_remote_shim(folder)
 
 
 @functools.lru_cache(maxsize=None)

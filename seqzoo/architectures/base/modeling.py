@@ -69,11 +69,24 @@ class ZooPreTrainedModel(PreTrainedModel):
         if hasattr(module, "zoo_init_weights"):  # mixer-specific parameters (e.g. decay rates)
             module.zoo_init_weights(init)
 
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoModel"):
+        """No-op: seqzoo writes its own ``auto_map`` and ``seqzoo_remote.py`` shim. transformers calls this after
+        a ``trust_remote_code`` load, and would then try to copy this class's source file on the next save."""
+
     def save_pretrained(self, save_directory, *args, **kwargs):
-        super().save_pretrained(save_directory, *args, **kwargs)
+        """transformers' save, written into a folder beside ``save_directory`` and moved in by rename
+        (``seqzoo.common.staged_directory``): a failed save leaves the old checkpoint or none, never half of one."""
+        from ...common import staged_directory
         from .registry import write_remote_shim
 
-        write_remote_shim(save_directory, type(self.config))
+        if args or kwargs.get("push_to_hub") or not kwargs.get("is_main_process", True):
+            super().save_pretrained(save_directory, *args, **kwargs)  # other processes write nothing themselves
+            write_remote_shim(save_directory)
+            return
+        with staged_directory(save_directory) as folder:
+            super().save_pretrained(folder, **kwargs)
+            write_remote_shim(folder)
 
 
 def _position_ids(attention_mask, cu_seqlens, batch: int, seq_len: int, offset: int, device) -> torch.Tensor:

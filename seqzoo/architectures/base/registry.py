@@ -12,6 +12,8 @@ imported seqzoo.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 
 from ...common import ConfigError, atomic_write_text, did_you_mean
@@ -65,6 +67,50 @@ def register_architecture(config_class, model_class, causal_lm_class, seq_cls_cl
         AutoTokenizer.register(config_class, slow_tokenizer_class=ByteTokenizer)
     ARCHITECTURES[model_type] = config_class
     _CLASSES[model_type] = classes
+    _install_model_type_check()
+
+
+def check_checkpoint_model_type(path, subfolder: str = "") -> None:
+    """A local seqzoo checkpoint (its config.json points ``auto_map`` at ``seqzoo_remote``) whose ``model_type``
+    is not a registered seqzoo architecture: raise an error naming the field, the value and the registered
+    types. transformers would otherwise ask for ``trust_remote_code`` ("contains custom code") instead."""
+    file = os.path.join(os.fspath(path), subfolder or "", "config.json")
+    if not os.path.isfile(file):
+        return  # a hub id or a folder without config.json: transformers reports it
+    try:
+        with open(file) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return  # unreadable json: transformers reports it with the file name
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    if not isinstance(auto_map, dict) or not any(
+        str(v).startswith(REMOTE_MODULE + ".") for v in auto_map.values() if isinstance(v, str)
+    ):
+        return
+    model_type = data.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise ConfigError(
+            f"{file}: model_type {model_type!r} is not a registered seqzoo architecture"
+            f"{did_you_mean(str(model_type), ARCHITECTURES)}; registered: {', '.join(sorted(ARCHITECTURES))}"
+        )
+
+
+def _install_model_type_check() -> None:
+    """Run :func:`check_checkpoint_model_type` at the start of ``AutoConfig.from_pretrained`` (which every
+    ``AutoModel*.from_pretrained`` calls), once per process. Everything else is transformers' own code path."""
+    from transformers import AutoConfig
+
+    original = AutoConfig.__dict__["from_pretrained"].__func__
+    if getattr(original, "_seqzoo_checks_model_type", False):
+        return
+
+    @functools.wraps(original)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        check_checkpoint_model_type(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+        return original(cls, pretrained_model_name_or_path, *args, **kwargs)
+
+    from_pretrained._seqzoo_checks_model_type = True
+    AutoConfig.from_pretrained = classmethod(from_pretrained)
 
 
 def list_architectures() -> dict[str, type]:
@@ -72,11 +118,11 @@ def list_architectures() -> dict[str, type]:
     return dict(ARCHITECTURES)
 
 
-def write_remote_shim(save_directory, config_class) -> None:
-    """Write ``seqzoo_remote.py`` so that trust_remote_code loading finds the installed seqzoo classes."""
-    model_type = config_class.model_type
-    classes = _CLASSES.get(model_type)
-    if classes is None or not os.path.isdir(save_directory):
+def write_remote_shim(save_directory, config_class=None) -> None:
+    """Write ``seqzoo_remote.py`` so that trust_remote_code loading finds the installed seqzoo classes. One shim
+    for every checkpoint: it imports the classes of every registered architecture and the tokenizer, so a model
+    and a tokenizer saved into the same folder (in any order) write the same file."""
+    if not os.path.isdir(save_directory):
         return
     from ...tokenizer import ByteTokenizer
 
@@ -86,24 +132,17 @@ def write_remote_shim(save_directory, config_class) -> None:
         "",
         "import seqzoo  # noqa: F401  (registers every seqzoo architecture)",
     ]
-    by_module: dict[str, list[str]] = {}
-    for cls in list(classes.values()) + [ByteTokenizer]:
-        by_module.setdefault(cls.__module__, []).append(cls.__name__)
-    for module, names in by_module.items():
-        lines.append(f"from {module} import {', '.join(sorted(set(names)))}  # noqa: F401")
-    atomic_write_text(os.path.join(save_directory, config_class.REMOTE_MODULE + ".py"), "\n".join(lines) + "\n")
+    by_module: dict[str, set[str]] = {}
+    for classes in _CLASSES.values():
+        for cls in classes.values():
+            by_module.setdefault(cls.__module__, set()).add(cls.__name__)
+    by_module.setdefault(ByteTokenizer.__module__, set()).add(ByteTokenizer.__name__)
+    for module in sorted(by_module):
+        lines.append(f"from {module} import {', '.join(sorted(by_module[module]))}  # noqa: F401")
+    atomic_write_text(os.path.join(save_directory, REMOTE_MODULE + ".py"), "\n".join(lines) + "\n")
 
 
-def write_tokenizer_shim(save_directory) -> None:
-    """A tokenizer saved alone gets the shim too (the model's save writes a fuller one)."""
-    path = os.path.join(save_directory, "seqzoo_remote.py")
-    if os.path.exists(path):
-        return
-    atomic_write_text(
-        path,
-        '"""Written by seqzoo: lets transformers load this tokenizer with trust_remote_code=True."""\n\n'
-        "import seqzoo  # noqa: F401\nfrom seqzoo.tokenizer import ByteTokenizer  # noqa: F401\n",
-    )
+REMOTE_MODULE = "seqzoo_remote"
 
 
 def get_config_class(model_type: str) -> type:

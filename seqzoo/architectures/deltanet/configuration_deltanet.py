@@ -27,8 +27,8 @@ class DeltaNetConfig(ZooConfig):
                                       # short prompts) use the fused recurrent kernel instead of the chunked one
         **kwargs,
     ):
-        self.forward_settings(
-            "deltanet", use_short_conv=use_short_conv, conv_size=conv_size, allow_neg_eigval=allow_neg_eigval,
+        self.forward_settings("deltanet", dict(
+            use_short_conv=use_short_conv, conv_size=conv_size, allow_neg_eigval=allow_neg_eigval,
             use_output_gate=use_output_gate, kernel_backend=kernel_backend, recurrent_max_len=recurrent_max_len,
-        )
+        ))
         super().__init__(**kwargs)

@@ -21,8 +21,8 @@ class TransformerConfig(ZooConfig):
         attn_implementation: str | None = None,  # "sdpa" (default), "eager" or "flash_attention_2"
         **kwargs,
     ):
-        self.forward_settings("attention", num_kv_heads=num_kv_heads, rope_theta=rope_theta,
-                              dropout=attention_dropout)
+        self.forward_settings("attention", dict(num_kv_heads=num_kv_heads, rope_theta=rope_theta,
+                                                dropout=attention_dropout), {"dropout": "attention_dropout"})
         super().__init__(**kwargs)
         if attn_implementation is not None:
             self._attn_implementation = self.check_field("attn_implementation", attn_implementation)

@@ -44,10 +44,11 @@ class TransNormerConfig(ZooConfig):
         **kwargs,
     ):
         causal = self.check_field("causal", causal)
-        self.forward_settings("norm_attention", feature_map=feature_map, use_decay=use_decay,
-                              use_output_gate=use_output_gate, causal=causal)
-        self.forward_settings("diag_attention", block_size=block_size, activation=diag_activation,
-                              rotary=diag_rotary, rope_theta=rope_theta, causal=causal)
+        self.forward_settings("norm_attention", dict(feature_map=feature_map, use_decay=use_decay,
+                                                     use_output_gate=use_output_gate, causal=causal))
+        self.forward_settings("diag_attention", dict(block_size=block_size, activation=diag_activation,
+                                                     rotary=diag_rotary, rope_theta=rope_theta, causal=causal),
+                              {"activation": "diag_activation", "rotary": "diag_rotary"})
         self.__dict__["_num_diag_layers"] = self.check_field("num_diag_layers", num_diag_layers)
         kwargs.setdefault("use_cache", causal)  # a bidirectional model has nothing to cache
         try:
