@@ -6,16 +6,18 @@ What a run does, top to bottom:
    check them against each other, check ``output_dir`` — all before anything is written, so a bad config or
    a bad path leaves existing files untouched;
 2. write ``run_config.yaml`` (the resolved config), ``run_info.json`` (package versions, hardware, command);
-3. train: AdamW or Lion, warmup + cosine/linear decay, gradient accumulation, clipping, mixed precision;
-   a log line every ``train.log_every`` steps (``metrics.jsonl``, trackers, the tqdm bar), a validation pass
-   every ``eval.every_steps``, an Accelerate checkpoint every ``train.checkpoint_every`` steps;
-4. save the final model with ``save_pretrained`` to ``output_dir/final`` (+ tokenizer when the task has one,
-   + ``seqzoo_task.json``, the task settings the eval CLI uses by default), evaluate it on the test split,
-   write ``eval.json`` and ``curves.png``, print a one-line summary.
+3. train (:class:`StepLoop`): AdamW or Lion, warmup + cosine/linear decay, gradient accumulation, clipping,
+   mixed precision (:func:`optimizer_step`; the model is called only through ``task.step``, so the task's head
+   decides what a batch means); a log line every ``train.log_every`` steps (:class:`MetricsLog`:
+   ``metrics.jsonl`` and the trackers; the tqdm bar), a validation pass every ``eval.every_steps``, an
+   Accelerate checkpoint every ``train.checkpoint_every`` steps (:class:`Checkpointer`);
+4. save the final model through the task's head to ``output_dir/final`` (``save_pretrained`` for the built-in
+   heads; + tokenizer when the task has one, + ``seqzoo_task.json``, the task settings the eval CLI uses by
+   default), evaluate it on the test split, write ``eval.json`` and ``curves.png``, print a one-line summary.
 
 Resuming (``train.resume=true``) loads the newest checkpoint: model, optimizer, scheduler, RNG states and the
 trainer state (step, data position, the partial log window). The data order is a pure function of
-(seed, epoch), and the position in it is derived from the step, so on CPU a run that is killed and resumed
+(seed, epoch), and the position in it is derived from the step (:class:`TrainStream`), so on CPU a run that is killed and resumed
 logs exactly the losses of an uninterrupted run.
 """
 

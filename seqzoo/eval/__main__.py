@@ -1,7 +1,8 @@
 """Evaluate a saved model on a task: ``python -m seqzoo.eval --model PATH [--task NAME] [--task.FIELD=value ...]``.
 
 ``PATH`` is a directory written by ``save_pretrained`` (a run's ``output_dir/final``) or a run's output_dir
-(its ``final`` is used). The model is loaded through the transformers Auto classes after ``import seqzoo``.
+(its ``final`` is used). The model is loaded by the task's head (the transformers Auto classes after
+``import seqzoo`` for ``causal-lm`` and ``classification``) and run through ``task.step``, as in the trainer.
 By default the task and its settings are the ones saved beside the model (``seqzoo_task.json``, written by
 the trainer), so evaluating a checkpoint needs no memory of how it was trained; ``--task`` and
 ``--task.FIELD=value`` flags override them. The metrics are printed as JSON and written to ``--output``
