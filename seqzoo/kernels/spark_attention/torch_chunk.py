@@ -4,7 +4,8 @@ Per chunk (and per group of query heads sharing a kv head), the predictor scores
 row's count, mean, std and max of the visible scores (no gradient: the selection is a step function), the
 threshold picks the keys, and the selected softmax times ``softplus(s2)`` weights the values. Memory is
 O(C·T) per chunk; under autograd each chunk is checkpointed (recomputed in the backward), so the saved
-activations are the inputs and the outputs only, not a [T, T] matrix summed over chunks.
+activations are the inputs and the outputs only, not a [T, T] matrix summed over chunks. Inputs with at
+most ``SMALL_SCORES`` scores in all run as one chunk without checkpointing (recomputing is not worth it there).
 
 :func:`spark_attention_decode` is the one-token path for generation: the predictor scores read the first r
 dims of every cached key (kept as their own contiguous tensor), then only the selected keys' remaining dims
@@ -19,6 +20,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..statistical_topk.reference import TINY_VAR
 from .reference import z_table
+
+# below this many scores (B·H·Tq·Tk; 64 MiB in fp32) the whole score matrix is one chunk and autograd keeps it;
+# above it, chunks of ``chunk_size`` queries are checkpointed so memory stays O(chunk·T)
+SMALL_SCORES = 1 << 24
 
 
 def _thresholds(s1, vis, ztab, top_k):
@@ -61,6 +66,8 @@ def spark_attention_torch(q, k, v, predictor_dims, top_k=256, scale=None, cu_seq
         seq = torch.bucketize(torch.arange(Tk, device=q.device), cu_seqlens.to(q.device)[1:], right=True)
     offset = Tk - Tq
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if B * H * Tq * Tk <= SMALL_SCORES:  # short inputs: one chunk, no recomputation in the backward
+        chunk_size, grad = Tq, False
     outs = []
     for c0 in range(0, Tq, chunk_size):
         c1 = min(c0 + chunk_size, Tq)

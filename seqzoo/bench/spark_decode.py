@@ -1,0 +1,151 @@
+"""Spark decoding speed: batch-1 greedy decode of a ``spark`` model against the dense ``transformer`` of the same
+width, depth, heads and d_ff, in the same run, with a KV cache of ``--context`` tokens; also the FFN alone
+(Spark-FFN at the kept fraction vs the dense SwiGLU FFN) and the FLOPs ratio of each.
+
+Random weights (the speed depends on the shapes and the kept fraction only); the cache is filled with random
+keys and values instead of a prefill (a 4096-token prefill at width 2048 would dominate the run). The
+vocabulary is the byte tokenizer's 259, so the LM head is negligible. ``--sparsity ffn|attention`` measures one
+half of Spark alone.
+
+    python -m seqzoo.bench spark_decode --device cpu
+"""
+
+from __future__ import annotations
+
+import torch
+
+FFN_NAMES = {"dense": "swiglu FFN", "spark": "spark_ffn"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--widths", type=int, nargs="+", default=[1024, 2048])
+    parser.add_argument("--context", type=int, default=4096, help="cached tokens before the timed steps")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=128)
+    parser.add_argument("--ffn-mult", type=float, default=4.0, help="d_ff = mult * width (same for both models)")
+    parser.add_argument("--kept", type=float, default=0.08, help="Spark-FFN kept fraction")
+    parser.add_argument("--top-k", type=int, default=256, help="Spark-Attention keys per query")
+    parser.add_argument("--sparsity", default="both", choices=["both", "ffn", "attention"])
+    parser.add_argument("--steps", type=int, default=8, help="timed decode steps per model")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+
+
+def _models(width, args, dtype, device):
+    import seqzoo
+    from transformers import AutoModelForCausalLM
+
+    shared = dict(hidden_size=width, num_hidden_layers=args.layers, num_heads=width // args.head_dim,
+                  intermediate_size=int(args.ffn_mult * width), vocab_size=259, max_position_embeddings=8192)
+    dense = seqzoo.make_config("transformer", **shared)
+    spark = seqzoo.make_config("spark", **shared, sparsity=args.sparsity, attn_top_k=args.top_k,
+                               ffn_kept_fraction=args.kept)
+    return [(name, AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=dtype).eval())
+            for name, cfg in (("dense transformer", dense), ("spark", spark))]
+
+
+def _fill_cache(model, context, dtype, device):
+    """A ZooCache holding ``context`` random keys/values per layer, in each mixer's own layout."""
+    from seqzoo.architectures.base import ZooCache
+    from seqzoo.architectures.spark import SparkAttention
+
+    cache = ZooCache(len(model.model.layers))
+    for i, block in enumerate(model.model.layers):
+        mixer = block.mixer
+        Hkv, D = mixer.num_kv_heads, mixer.head_dim
+        if isinstance(mixer, SparkAttention):  # head-major, predictor dims apart
+            k = torch.randn(1, Hkv, context, D, device=device, dtype=dtype)
+            cache[i]["k1"], cache[i]["k2"] = k[..., : mixer.r].contiguous(), k[..., mixer.r:].contiguous()
+            cache[i]["v"] = torch.randn(1, Hkv, context, D, device=device, dtype=dtype)
+        else:
+            cache[i]["k"] = torch.randn(1, context, Hkv, D, device=device, dtype=dtype)
+            cache[i]["v"] = torch.randn(1, context, Hkv, D, device=device, dtype=dtype)
+    cache.seen_tokens = context
+    return cache
+
+
+def _decode_ms(model, args, dtype, device):
+    """Median ms of one greedy step (fresh cache per repetition, ``--steps`` steps from ``--context``)."""
+    import statistics
+    import time
+
+    from seqzoo.architectures.base.modeling import CACHE_FIELD
+
+    times = []
+    for rep in range(2):
+        cache = _fill_cache(model, args.context, dtype, device)
+        tok = torch.zeros(1, 1, dtype=torch.long, device=device)
+        with torch.no_grad():
+            for step in range(args.steps + 1):
+                t0 = time.perf_counter()
+                out = model(tok, use_cache=True, **{CACHE_FIELD: cache})
+                tok = out.logits[:, -1].argmax(-1, keepdim=True)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if step > 0 or rep > 0:  # the very first step warms up allocations
+                    times.append((time.perf_counter() - t0) * 1000.0)
+                cache = getattr(out, CACHE_FIELD)
+    return statistics.median(times)
+
+
+def _ffn_flops(width, F, kept, spark, r):
+    if not spark:
+        return 2 * 3 * F * width
+    K = kept * F
+    return 2 * (F * r + K * (width - r) + K * width)
+
+
+def _attn_flops(width, heads, D, T, spark, r=None, top_k=None):
+    proj = 2 * 4 * width * width
+    if not spark:
+        return proj + 2 * 2 * T * heads * D
+    K = min(top_k, T)
+    return proj + 2 * T * heads * r + 2 * K * heads * ((D - r) + D)
+
+
+def run(args) -> list[dict]:
+    from .common import time_fn
+
+    dev = args.device
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for width in args.widths:
+        models = _models(width, args, dtype, dev)
+        F = int(args.ffn_mult * width)
+        shape = f"d={width} L={args.layers} F={F} T={args.context}"
+        # the FFN alone, one token
+        x = torch.randn(1, 1, width, device=dev, dtype=dtype)
+        ffn_ms = {}
+        for name, model in models:
+            ffn = model.model.layers[0].ffn
+            with torch.no_grad():
+                ffn_ms[name] = time_fn(lambda: ffn(x), dev, rep_ms=500)
+        spark_ffn = type(models[1][1].model.layers[0].ffn).__name__ == "SparkFFN"
+        r_ffn = models[1][1].model.layers[0].ffn.r if spark_ffn else 0
+        fl_dense = _ffn_flops(width, F, args.kept, False, 0)
+        fl_spark = _ffn_flops(width, F, args.kept, spark_ffn, r_ffn)
+        for name, model in models:
+            kind = type(model.model.layers[0].ffn).__name__
+            note = ""
+            if name == "spark":
+                note = (f"{ffn_ms['dense transformer'] / ffn_ms[name]:.2f}x faster than dense; "
+                        f"FLOPs {fl_dense / fl_spark:.2f}x fewer")
+            rows.append(dict(impl=f"{name}: FFN ({kind})", shape=f"d={width} F={F}", **{"pass": "1 token"},
+                             ms=ffn_ms[name], tokens=1, note=note))
+        # whole-model greedy decode step
+        step_ms = {name: _decode_ms(model, args, dtype, dev) for name, model in models}
+        spark_attn = type(models[1][1].model.layers[0].mixer).__name__ == "SparkAttention"
+        heads = width // args.head_dim
+        r_att = models[1][1].model.layers[0].mixer.r if spark_attn else None
+        per_layer_dense = _ffn_flops(width, F, args.kept, False, 0) + _attn_flops(width, heads, args.head_dim,
+                                                                                 args.context, False)
+        per_layer_spark = fl_spark + _attn_flops(width, heads, args.head_dim, args.context, spark_attn, r_att,
+                                                 args.top_k)
+        for name in step_ms:
+            note = ""
+            if name == "spark":
+                note = (f"{step_ms['dense transformer'] / step_ms[name]:.2f}x faster than dense; "
+                        f"FLOPs/token {per_layer_dense / per_layer_spark:.2f}x fewer")
+            rows.append(dict(impl=f"{name} ({args.sparsity if name == 'spark' else 'dense'})", shape=shape,
+                             **{"pass": "decode step"}, ms=step_ms[name], tokens=1, note=note))
+        del models
+    return rows
