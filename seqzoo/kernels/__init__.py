@@ -6,6 +6,7 @@ from .dilated_conv import dilated_conv
 from .ema import ema
 from .linear_attention import linear_attention
 from .rms_norm import rms_norm
+from .selective_scan import selective_scan
 from .sparse_ffn import sparse_ffn
 from .spark_attention import spark_attention
 from .ssd import ssd_scan
