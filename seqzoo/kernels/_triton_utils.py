@@ -27,6 +27,16 @@ def dot(a, b):
 
 
 @triton.jit
+def dot_f32(a, b, PRECISION: tl.constexpr = "ieee"):
+    """a @ b for fp32 operands in ``PRECISION`` ("ieee": exact fp32 FMAs; "tf32x3": tensor-core 3xTF32, close
+    to fp32; "tf32"). The interpreter always multiplies exactly."""
+    if INTERPRETED:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
 def chunk_locate(chunk_tab, cu_seqlens, i_c, BT: tl.constexpr, T=0, IS_VARLEN: tl.constexpr = True):
     """Program ``i_c`` of a chunk-parallel kernel: ``(sequence n, its first token bos, its end eos, the chunk's
     index within the sequence)``, all int64 so that token and state offsets never wrap at 2^31.

@@ -29,9 +29,13 @@ import triton
 import triton.language as tl
 
 from .._backend import autotune_configs, next_power_of_2
-from .._triton_utils import chunk_span, seq_span
+from .._triton_utils import chunk_span, dot_f32, seq_span
 from .._triton_utils import dot as _mm
 from .._chunk import ceil_div, varlen_chunk_tables
+
+# fp32 products of the 16 x 16 blocks in the WY solve. "ieee" (exact FMAs) compiles to 2870 SASS
+# instructions at 4 warps against 7262 for tensor-core "tf32x3": the tiles are too small for the split.
+SOLVE_PRECISION = tl.constexpr("ieee")
 
 BT = 64  # chunk length for head dims up to 128; 32 above (keeps the [BT, K] fp32 tiles within shared memory)
 
@@ -50,13 +54,122 @@ def _block(n: int) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK"])
+@triton.jit
+def _rows16(x, t0, L, blk, i_h, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr):
+    """Rows ``16 blk .. 16 blk + 15`` of the chunk starting at token ``t0`` (length ``L``) of ``x`` [T, H, D]:
+    a [16, BD] tile, zero past the chunk or past D."""
+    o = blk * 16 + tl.arange(0, 16)
+    o_d = tl.arange(0, BD)
+    m = (o < L)[:, None] & (o_d < D)[None, :]
+    return tl.load(x + ((t0 + o)[:, None] * H + i_h) * D + o_d[None, :], mask=m, other=0.0)
+
+
+@triton.jit
+def _beta16(beta, t0, L, blk, i_h, H: tl.constexpr):
+    o = blk * 16 + tl.arange(0, 16)
+    return tl.load(beta + (t0 + o) * H + i_h, mask=o < L, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _a16(k, beta, t0, L, r, c, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """Block (r, c), r >= c, of A = strict_tril(diag(beta) K K^T) for the chunk at t0: fp32 [16, 16]."""
+    k_r = _rows16(k, t0, L, r, i_h, H, K, BK)
+    kb_r = (k_r.to(tl.float32) * _beta16(beta, t0, L, r, i_h, H)[:, None]).to(k_r.dtype)
+    if r == c:
+        o = tl.arange(0, 16)
+        return tl.where(o[:, None] > o[None, :], _mm(kb_r, tl.trans(k_r)), 0.0)
+    else:
+        return _mm(kb_r, tl.trans(_rows16(k, t0, L, c, i_h, H, K, BK)))
+
+
+@triton.jit
+def _inv16(a):
+    """``(I + a)^{-1}`` of a strictly lower-triangular fp32 [16, 16] tile. ``n = -a`` is nilpotent (``n^16 = 0``),
+    so ``(I - n)^{-1} = (I + n)(I + n^2)(I + n^4)(I + n^8)``: 6 small dots, no row-by-row loop."""
+    o = tl.arange(0, 16)
+    p = -a
+    inv = tl.where(o[:, None] == o[None, :], 1.0, 0.0) + p
+    p = _mm32(p, p)  # n^2
+    inv += _mm32(inv, p)
+    p = _mm32(p, p)  # n^4
+    inv += _mm32(inv, p)
+    p = _mm32(p, p)  # n^8
+    inv += _mm32(inv, p)
+    return inv
+
+
+@triton.jit
+def _mm32(a, b):
+    return dot_f32(a, b, SOLVE_PRECISION)
+
+
+@triton.jit
+def _store16(ainv, tile, t0, L, rblk, cblk, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """Block (rblk, cblk) of the chunk's [BT, BT] inverse into ``ainv`` [T, H, BT] (input dtype)."""
+    o = tl.arange(0, 16)
+    r = rblk * 16 + o
+    p = ainv + ((t0 + r)[:, None] * H + i_h) * BT + cblk * 16 + o[None, :]
+    tl.store(p, tile.to(ainv.dtype.element_ty), mask=(r < L)[:, None])
+
+
+@triton.autotune(configs=autotune_configs({}, num_warps=[4], num_stages=[1]), key=["K", "BK", "BT"])
 @triton.jit(do_not_specialize=["T"])
-def _wy_fwd_kernel(
+def _wy_solve_kernel(
+    k, beta, ainv, cu_seqlens, chunk_idx, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Ainv = (I + strict_tril(diag(beta) K K^T))^{-1} of one chunk, by 16 x 16 blocks (BT = 32 or 64):
+    the diagonal blocks are inverted by doubling (:func:`_inv16`), then merged by block forward substitution,
+    ``Ai_ij = -Ai_ii sum_{j<=m<i} A_im Ai_mj``. The A blocks are tensor-core dots of key tiles in the input
+    dtype; the 16 x 16 fp32 products run in ``SOLVE_PRECISION``. Ainv is stored in the input dtype."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    _, t0, L = chunk_span(chunk_idx, cu_seqlens, i_c, BT, T, IS_VARLEN)
+    zero = tl.zeros([16, 16], dtype=tl.float32)
+    # row blocks in order; A_rj is formed when row block r needs it (K rows reloaded from L1, so at most
+    # two [16, BK] key tiles and the finished inverse blocks are live at a time)
+    i00 = _inv16(_a16(k, beta, t0, L, 0, 0, i_h, H, K, BK))
+    _store16(ainv, i00, t0, L, 0, 0, i_h, H, BT)
+    _store16(ainv, zero, t0, L, 0, 1, i_h, H, BT)
+    i11 = _inv16(_a16(k, beta, t0, L, 1, 1, i_h, H, K, BK))
+    i10 = -_mm32(i11, _mm32(_a16(k, beta, t0, L, 1, 0, i_h, H, K, BK), i00))
+    _store16(ainv, i10, t0, L, 1, 0, i_h, H, BT)
+    _store16(ainv, i11, t0, L, 1, 1, i_h, H, BT)
+    if BT == 64:
+        _store16(ainv, zero, t0, L, 0, 2, i_h, H, BT)
+        _store16(ainv, zero, t0, L, 0, 3, i_h, H, BT)
+        _store16(ainv, zero, t0, L, 1, 2, i_h, H, BT)
+        _store16(ainv, zero, t0, L, 1, 3, i_h, H, BT)
+        i22 = _inv16(_a16(k, beta, t0, L, 2, 2, i_h, H, K, BK))
+        a21 = _a16(k, beta, t0, L, 2, 1, i_h, H, K, BK)
+        i21 = -_mm32(i22, _mm32(a21, i11))
+        s20 = _mm32(_a16(k, beta, t0, L, 2, 0, i_h, H, K, BK), i00) + _mm32(a21, i10)
+        i20 = -_mm32(i22, s20)
+        _store16(ainv, i20, t0, L, 2, 0, i_h, H, BT)
+        _store16(ainv, i21, t0, L, 2, 1, i_h, H, BT)
+        _store16(ainv, i22, t0, L, 2, 2, i_h, H, BT)
+        _store16(ainv, zero, t0, L, 2, 3, i_h, H, BT)
+        i33 = _inv16(_a16(k, beta, t0, L, 3, 3, i_h, H, K, BK))
+        a32 = _a16(k, beta, t0, L, 3, 2, i_h, H, K, BK)
+        a31 = _a16(k, beta, t0, L, 3, 1, i_h, H, K, BK)
+        i32 = -_mm32(i33, _mm32(a32, i22))
+        i31 = -_mm32(i33, _mm32(a31, i11) + _mm32(a32, i21))
+        s30 = _mm32(_a16(k, beta, t0, L, 3, 0, i_h, H, K, BK), i00)
+        i30 = -_mm32(i33, s30 + _mm32(a31, i10) + _mm32(a32, i20))
+        _store16(ainv, i30, t0, L, 3, 0, i_h, H, BT)
+        _store16(ainv, i31, t0, L, 3, 1, i_h, H, BT)
+        _store16(ainv, i32, t0, L, 3, 2, i_h, H, BT)
+        _store16(ainv, i33, t0, L, 3, 3, i_h, H, BT)
+
+
+@triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"])
+@triton.jit(do_not_specialize=["T"])
+def _wy_apply_kernel(
     k, v, beta, ainv, w, u, cu_seqlens, chunk_idx, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
+    """W = Ainv diag(beta) K and U = Ainv diag(beta) V from the stored inverse (forward, and the backward's
+    recompute): one [BT, BT] x [BT, D] tensor-core dot per tile."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     _, t0, L = chunk_span(chunk_idx, cu_seqlens, i_c, BT, T, IS_VARLEN)
     DT = k.dtype.element_ty
@@ -67,22 +180,11 @@ def _wy_fwd_kernel(
     o_k = tl.arange(0, BK)
     m_k = o_k < K
 
-    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
+    b_a = tl.load(ainv + (rows[:, None] * H + i_h) * BT + o_t[None, :], mask=m_t[:, None], other=0.0).to(DT)
     b_b = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
     b_kb = (b_k.to(tl.float32) * b_b[:, None]).to(DT)  # diag(beta) K   [BT, BK]
-
-    # N = -strict_tril(diag(beta) K K^T); (I - N)^{-1} = I + Y with Y_i = N_i + N_i Y (rows in order)
-    b_a = _mm(b_kb, tl.trans(b_k.to(DT)))
-    b_a = tl.where(o_t[:, None] > o_t[None, :], -b_a, 0.0)
-    for i in range(1, BT):
-        sel = o_t[:, None] == i
-        row = tl.sum(tl.where(sel, b_a, 0.0), 0)  # N_i (row i is still N's)   [BT]
-        row = row + tl.sum(row[:, None] * b_a, 0)  # + N_i Y (rows < i of b_a hold Y already)
-        b_a = tl.where(sel, row[None, :], b_a)
-    b_a = b_a + tl.where(o_t[:, None] == o_t[None, :], 1.0, 0.0)  # Ainv = I + Y   [BT, BT] fp32
-
-    tl.store(ainv + (rows[:, None] * H + i_h) * BT + o_t[None, :], b_a, mask=m_t[:, None])
-    b_w = _mm(b_a.to(DT), b_kb)  # W = Ainv diag(beta) K
+    b_w = _mm(b_a, b_kb)  # W = Ainv diag(beta) K
     tl.store(w + (rows[:, None] * H + i_h) * K + o_k[None, :], b_w.to(w.dtype.element_ty),
              mask=m_t[:, None] & m_k[None, :])
     for i_v in range(0, tl.cdiv(V, BV)):
@@ -90,7 +192,7 @@ def _wy_fwd_kernel(
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         b_v = tl.load(v + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
         b_vb = (b_v.to(tl.float32) * b_b[:, None]).to(DT)
-        b_u = _mm(b_a.to(DT), b_vb)  # U = Ainv diag(beta) V
+        b_u = _mm(b_a, b_vb)  # U = Ainv diag(beta) V
         tl.store(u + (rows[:, None] * H + i_h) * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_tv)
 
 
@@ -349,17 +451,24 @@ class _Layout:
         return dict(cu_seqlens=self.cu, chunk_off=self.coff, T=self.T, IS_VARLEN=self.varlen)
 
 
-def _wy_fwd(k, v, beta, lay):
-    """k [T, H, K], v [T, H, V], beta [T, H] -> Ainv [T, H, BT] fp32, W [T, H, K], U [T, H, V]."""
+def _wy_solve(k, beta, lay):
+    """k [T, H, K], beta [T, H] -> Ainv [T, H, BT] in k's dtype (row t holds its chunk's row of the inverse)."""
+    T, H, K = k.shape
+    ainv = k.new_empty(T, H, lay.bt)
+    _wy_solve_kernel[(lay.NC, H)](k, beta, ainv, **lay.chunk_args(), H=H, K=K, BT=lay.bt, BK=_block(K))
+    return ainv
+
+
+def _wy_apply(k, v, beta, ainv, lay):
+    """-> W [T, H, K], U [T, H, V] (input dtype) from the stored inverse."""
     T, H, K = k.shape
     V = v.shape[-1]
     _, _, BK, BV = _dims(k, v)
-    ainv = k.new_empty(T, H, lay.bt, dtype=torch.float32)
     w = torch.empty_like(k)
     u = torch.empty_like(v)
-    _wy_fwd_kernel[(lay.NC, H)](k, v, beta, ainv, w, u, **lay.chunk_args(),
-                                H=H, K=K, V=V, BT=lay.bt, BK=BK, BV=BV)
-    return ainv, w, u
+    _wy_apply_kernel[(lay.NC, H)](k, v, beta, ainv, w, u, **lay.chunk_args(),
+                                  H=H, K=K, V=V, BT=lay.bt, BK=BK, BV=BV)
+    return w, u
 
 
 def _state_fwd(k, w, u, h0, lay, store_ht):
@@ -425,24 +534,25 @@ class DeltaRuleChunkFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, beta, h0, scale, lay):
-        ainv, w, u = _wy_fwd(k, v, beta, lay)
+        ainv = _wy_solve(k, beta, lay)
+        w, u = _wy_apply(k, v, beta, ainv, lay)
         h, vnew, ht = _state_fwd(k, w, u, h0, lay, True)
         o = _output_fwd(q, k, vnew, h, scale, lay)
-        ctx.save_for_backward(q, k, v, beta, h0)
+        ctx.save_for_backward(q, k, v, beta, h0, ainv)  # Ainv: T*H*BT in the input dtype
         ctx.scale, ctx.lay = scale, lay
         ctx.set_materialize_grads(False)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, h0 = ctx.saved_tensors
+        q, k, v, beta, h0, ainv = ctx.saved_tensors
         scale, lay = ctx.scale, ctx.lay
         if do is None:
             do = torch.zeros_like(v)
         do = do.contiguous()
         dht = dht.contiguous().float() if dht is not None else None
-        # recompute the forward's intermediates
-        ainv, w, u = _wy_fwd(k, v, beta, lay)
+        # recompute the forward's intermediates (the inverse is saved: only W, U and the states)
+        w, u = _wy_apply(k, v, beta, ainv, lay)
         h, vnew, _ = _state_fwd(k, w, u, h0, lay, False)
         dh, dvnew, dh0 = _state_bwd(q, k, w, do, dht, scale, lay, h0 is not None and ctx.needs_input_grad[4])
         dq, dk, dv, dbeta = _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, lay)
