@@ -20,7 +20,9 @@ type-checked like a value from the file. Every key is checked: an unknown key or
 is a :class:`ConfigError` that names the key, what it got and the valid choices.
 
 ``model`` fields are checked against the architecture's config class (its dataclass fields or its
-``__init__`` signature), ``task`` fields against the task's ``Settings`` dataclass, ``train``/``eval``
+``__init__`` signature), then the config is built once (:func:`build_model_config`), so the architecture's own
+checks -- the per-layer ``layers`` specs included -- and the task's checks of the model fail here too, as
+errors naming ``model.FIELD``; ``task`` fields against the task's ``Settings`` dataclass, ``train``/``eval``
 against the dataclasses below.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,6 +330,9 @@ def resolve(raw: dict) -> RunConfig:
     task = {"name": name, **dataclasses.asdict(settings)}
 
     model = resolve_model_section(raw.get("model"))
+    # build the model config once (no data, no weights): the architecture's checks of every field, the layer
+    # specs included, and the task's checks of the model, as errors naming the key
+    build_model_config(model, task_cls(settings))
     return RunConfig(output_dir=output_dir, model=model, task=task, train=train, eval=eval_)
 
 
@@ -400,9 +406,45 @@ def resolve_model_section(model_raw: Any) -> dict:
     return {"model_type": model_type, **fields}
 
 
-def model_config_error(error: Exception) -> ConfigError:
-    """An architecture config's ValueError/TypeError as a ConfigError that names the ``model`` section."""
-    return ConfigError(f"model: {error}")
+def model_config_error(error: Exception, fields: typing.Iterable[str] = ()) -> ConfigError:
+    """An architecture config's ValueError/TypeError as a ConfigError that names the ``model`` section: the
+    config class's own prefix (``DeltaNetConfig: ``) is replaced by ``model.`` when the message starts with one
+    of ``fields`` (``model.layers[1].mixer: unknown mixer type ...``), else by ``model: ``."""
+    message = str(error)
+    owner = re.match(r"(?:[A-Z]\w*Config|make_config\([^)]*\)): (.+)", message, re.S)
+    if owner:
+        message = owner.group(1)
+    first = re.match(r"[A-Za-z_]\w*", message)
+    if first and first.group(0) in set(fields):
+        return ConfigError(f"model.{message}")
+    return ConfigError(f"model: {message}")
+
+
+def build_model_config(model: dict, task):
+    """The model config of a resolved ``model`` section for ``task``: the section's fields over the task's
+    defaults (vocab_size, sequence length, the head's num_labels, special tokens), through
+    ``seqzoo.make_config`` (or, for ``pretrained``, the checkpoint's config with the fields as overrides), then
+    checked against the task. Every check the architecture makes -- the per-layer ``layers`` specs (unknown
+    mixer or FFN type, unknown setting, bad value, wrong count) included -- is a :class:`ConfigError` naming
+    ``model.FIELD``. :func:`resolve` calls it, so a bad model fails before a run writes anything; the trainer
+    builds its model from the config it returns."""
+    import transformers
+
+    from . import list_architectures, make_config
+
+    fields = {k: v for k, v in model.items() if k not in MODEL_META_KEYS}
+    try:
+        if "pretrained" in model:
+            config = transformers.AutoConfig.from_pretrained(
+                model["pretrained"], **{**task.head_spec.pretrained_overrides(task), **fields})
+        else:
+            config = make_config(model["model_type"], **{**task.model_config_defaults(), **fields})
+    except (ValueError, TypeError) as e:  # the architecture's own checks (ConfigError included)
+        arch = list_architectures().get(model.get("model_type"))
+        known = set(fields) | (set(config_field_types(arch)) if arch is not None else set())
+        raise model_config_error(e, known) from None
+    task.check_model_config(config)
+    return config
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -17,8 +17,8 @@ What a run does, top to bottom:
 
 Resuming (``train.resume=true``) loads the newest checkpoint: model, optimizer, scheduler, RNG states and the
 trainer state (step, data position, the partial log window). The data order is a pure function of
-(seed, epoch), and the position in it is derived from the step (:class:`TrainStream`), so on CPU a run that is killed and resumed
-logs exactly the losses of an uninterrupted run.
+(seed, epoch), and the position in it is derived from the step (:class:`TrainStream`), so on CPU a run that is
+killed and resumed logs exactly the losses of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from . import config as config_lib
 from .common import ConfigError, atomic_write_text, resolve_precision
-from .config import MODEL_META_KEYS, RunConfig, TrainConfig, dump_yaml, load_config, model_config_error
+from .config import MODEL_META_KEYS, RunConfig, TrainConfig, dump_yaml, load_config
 
 CHECKPOINT_PREFIX = "step_"
 RUN_FILES = ("run_config.yaml", "run_info.json", "metrics.jsonl", "eval.json", "curves.png")
@@ -392,23 +393,9 @@ def build_task(cfg: RunConfig):
 
 
 def build_model_config(cfg: RunConfig, task):
-    """The model config: the model section's fields, with the task's defaults (vocab_size, sequence length,
-    the head's num_labels, special tokens) where the section does not set them; checked against the task."""
-    import transformers
-
-    fields = {k: v for k, v in cfg.model.items() if k not in MODEL_META_KEYS}
-    try:
-        if "pretrained" in cfg.model:
-            overrides = {**task.head_spec.pretrained_overrides(task), **fields}
-            config = transformers.AutoConfig.from_pretrained(cfg.model["pretrained"], **overrides)
-        else:
-            for k, v in task.model_config_defaults().items():
-                fields.setdefault(k, v)
-            config = transformers.AutoConfig.for_model(cfg.model["model_type"], **fields)
-    except (ValueError, TypeError) as e:  # the architecture's own checks (ConfigError included)
-        raise model_config_error(e) from None
-    task.check_model_config(config)
-    return config
+    """The model config of the run: :func:`seqzoo.config.build_model_config` (the section's fields over the
+    task's defaults, checked by the architecture and against the task)."""
+    return config_lib.build_model_config(cfg.model, task)
 
 
 def build_model(cfg: RunConfig, config, task):
