@@ -3,10 +3,12 @@ in-order evaluation (carried state, sliding windows) and the baselines. Every co
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from transformers import AutoModelForCausalLM
 
 import seqzoo
 from seqzoo.common import ConfigError
+from seqzoo.eval import get_task
+from seqzoo.eval.evaluate import evaluate
 from seqzoo.eval.lm import (
     CarryBatches,
     TrainWindows,
@@ -35,6 +39,11 @@ from seqzoo.eval.lm.windows import IGNORE_INDEX
 
 SENTENCES = [b"The quick brown fox jumps over the lazy dog. ", b"Byte models read raw text,\r\nnot words. ",
              "Caf\u00e9 na\u00efve \u2014 r\u00e9sum\u00e9. ".encode(), b"<page><title>Anarchism</title></page>\n"]
+
+
+@pytest.fixture(autouse=True)
+def _no_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQZOO_CACHE", str(tmp_path / "default_cache"))
 
 
 def text_bytes(n: int, seed: int = 0) -> bytes:
@@ -258,23 +267,32 @@ def stream_bounds(first: int, hi: int, streams: int) -> list[int]:
     return [first + b * n // streams for b in range(streams + 1)]
 
 
-@pytest.mark.parametrize("model_type", ["deltanet", "transnormer"])
-def test_segment_carrying_equals_one_long_forward(model_type):
-    fields = {"block_size": 8} if model_type == "transnormer" else {}
-    model = tiny_lm(model_type, **fields)
-    assert carries_state(model.config)
-    data = np.frombuffer(text_bytes(400, seed=1), dtype=np.uint8)
-    # the whole array from byte 0 (byte 0 cannot be predicted): one stream is one long forward
-    got = score_bytes(model, data, 0, 400, mode="carry", segment=37, context=50, batch_size=1)
+@pytest.mark.parametrize("model_type", sorted(seqzoo.list_architectures()))
+def test_in_order_evaluation_equals_one_long_forward(model_type):
+    """Every architecture: a recurrent one read in segments with its cache carried, an attention one in
+    sliding windows whose context reaches the start of the file, scores exactly what one forward pass over the
+    whole text scores."""
+    model = tiny_lm(model_type)
+    data = np.frombuffer(text_bytes(300, seed=1), dtype=np.uint8)
     want = token_nll(model, data[:-1], data[1:])
-    assert got["num_targets"] == 399
+    if carries_state(model.config):
+        got = score_bytes(model, data, 0, 300, mode="carry", segment=37, context=50, batch_size=1)
+        assert got["num_segments"] == math.ceil(299 / 37)
+    else:
+        got = score_bytes(model, data, 0, 300, mode="window", stride=37, context=300, batch_size=3)
+    assert got["num_targets"] == 299  # byte 0 has nothing before it
     assert got["loss"] == pytest.approx(float(want.mean()), rel=1e-6)
-    assert got["num_segments"] == math.ceil(399 / 37)
+
+
+def test_carried_streams_start_from_their_warm_up():
     # a split in the middle, 3 streams in one batch: each stream equals one forward of its warm-up + bytes
+    model = tiny_lm("deltanet")
+    data = np.frombuffer(text_bytes(400, seed=1), dtype=np.uint8)
     lo, hi, C = 150, 400, 20
     got = score_bytes(model, data, lo, hi, mode="carry", segment=16, context=C, batch_size=3)
     nats = 0.0
-    for p, e in zip(stream_bounds(lo, hi, 3)[:-1], stream_bounds(lo, hi, 3)[1:]):
+    bounds = stream_bounds(lo, hi, 3)
+    for p, e in zip(bounds[:-1], bounds[1:]):
         nll = token_nll(model, data[p - C: e - 1], data[p - C + 1: e])
         nats += float(nll[C - 1:].sum())  # the first C - 1 targets are warm-up
     assert got["num_targets"] == hi - lo
@@ -334,3 +352,157 @@ def test_every_byte_is_scored_once_over_processes(kind, world):
     assert sorted(scored) == list(range(lo, hi))  # every byte once, none twice
     if kind == "window":
         assert min_context == 13
+
+
+# ---- the tasks, through the trainer and the eval CLI ----------------------------------------------------------
+
+
+def test_every_architecture_has_an_enwik8_config():
+    from seqzoo.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "enwik8"
+    for arch in seqzoo.list_architectures():
+        path = root / f"{arch}.yaml"
+        assert path.is_file(), f"configs/enwik8/{arch}.yaml is missing (every architecture has one)"
+        cfg = load_config(path)
+        assert cfg.model["model_type"] == arch and cfg.task["name"] == "enwik8"
+    small = load_config(root / "cpu_small.yaml", ["task.path=/somewhere"])
+    assert small.task["name"] == "bytes_lm" and small.task["path"] == "/somewhere"
+
+
+def test_task_settings_and_the_evaluation_mode(tmp_path):
+    with pytest.raises(ConfigError, match="task.path: expected the path of the corpus"):
+        get_task("bytes_lm", {})
+    with pytest.raises(ConfigError, match="task.eval_stride: 600 is longer than task.seq_len"):
+        get_task("enwik8", {"eval_stride": 600})
+    with pytest.raises(ConfigError, match="task.test_fraction"):
+        get_task("bytes_lm", {"path": "x", "valid_fraction": 0.6, "test_fraction": 0.5})
+    task = get_task("bytes_lm", {"path": str(tmp_path / "not-read-yet"), "seq_len": 64})  # data is read lazily
+    assert task.eval_mode == "window"  # auto, undecided: windows are exact for any causal model
+    task.check_model_config(tiny_lm("deltanet").config)
+    assert task.eval_mode == "carry"
+    task.check_model_config(tiny_lm("transformer").config)
+    assert task.eval_mode == "window" and task.context(False) == 64 + 1 - 16 and task.max_length == 64
+    forced = get_task("bytes_lm", {"path": "x", "eval_mode": "carry"})
+    with pytest.raises(ConfigError, match="task.eval_mode: 'carry' needs a model whose every layer"):
+        forced.check_model_config(tiny_lm("transformer").config)
+    defaults = task.model_config_defaults()
+    assert defaults["vocab_size"] == 259 and defaults["pad_token_id"] == 256
+
+
+def byte_run_config(out, cache, corpus_path, model_type="deltanet", **sections) -> dict:
+    cfg = {
+        "output_dir": str(out),
+        "model": {"model_type": model_type, "hidden_size": 32, "num_hidden_layers": 2, "num_heads": 2},
+        "task": {"name": "bytes_lm", "path": str(corpus_path), "seq_len": 32, "valid_fraction": 0.1,
+                 "test_fraction": 0.1, "eval_segment": 24, "eval_stride": 16},
+        "train": {"max_steps": 9, "batch_size": 4, "lr": 3.0e-3, "warmup_steps": 2, "log_every": 1,
+                  "report_to": ["none"], "progress_bar": False, "data_cache_dir": str(cache),
+                  "lr_schedule": "linear"},
+        "eval": {"every_steps": 4, "batch_size": 3},
+    }
+    for name, fields in sections.items():
+        cfg[name].update(fields)
+    return cfg
+
+
+class Killed(Exception):
+    pass
+
+
+def test_bytes_lm_trains_resumes_mid_epoch_and_scores_every_test_byte(tmp_path):
+    """A folder of text files through the trainer: resumed after a stop mid-epoch it logs exactly the losses
+    of an uninterrupted run; its test pass scores every test byte once, as score_bytes does."""
+    from seqzoo.config import resolve
+    from seqzoo.trainer import train
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(3):
+        (texts / f"doc{i}.txt").write_bytes(text_bytes(400, seed=10 + i))
+    cache = tmp_path / "cache"
+    # 1203 bytes: 963 train -> (963 - 1) // 32 = 30 windows = 7 steps of 4 per epoch: step 5 is mid-epoch
+    sections = dict(train={"checkpoint_every": 5, "keep_checkpoints": 2})
+    straight = tmp_path / "straight"
+    train(resolve(byte_run_config(straight, cache, texts, **sections)))
+
+    resumed = tmp_path / "resumed"
+
+    def stop_at_6(step, record):
+        if step == 6:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(resolve(byte_run_config(resumed, cache, texts, **sections)), callbacks=[stop_at_6])
+    raw = byte_run_config(resumed, cache, texts, **sections)
+    raw["train"]["resume"] = True
+    train(resolve(raw))
+
+    def records(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    def strip(rs):
+        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")} for r in rs]
+
+    assert strip(records(resumed)) == strip(records(straight))
+    test = json.loads((straight / "eval.json").read_text())["metrics"]
+    assert test["num_targets"] == round(1203 * 0.1) and test["bpb"] == pytest.approx(test["loss"] / math.log(2))
+    assert 0 < test["bpb_ci95"] < 1 and [r["split"] for r in records(straight) if r["type"] == "eval"] == \
+        ["valid", "valid", "test"]
+    # the task's evaluation (Task.step through the byte-lm head, the carry handed on by evaluate) equals
+    # score_bytes with the same streams
+    model = AutoModelForCausalLM.from_pretrained(straight / "final")
+    task = get_task("bytes_lm", {k: v for k, v in raw["task"].items() if k != "name"}, cache_dir=cache)
+    task.check_model_config(model.config)
+    assert task.eval_mode == "carry"
+    got = evaluate(model, task, task.eval_loader(task.dataset("test"), 3))
+    c = task.corpus
+    lo, hi = c.split_range("test")
+    want = score_bytes(model, c.data, lo, hi, mode="carry", segment=24, context=32, batch_size=3)
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-9) and got["num_targets"] == want["num_targets"]
+    assert got["loss"] == pytest.approx(test["loss"], rel=1e-6)
+
+
+def test_enwik8_through_the_trainer_and_the_eval_cli(tmp_path, small_enwik8, capsys):
+    from seqzoo.config import resolve
+    from seqzoo.eval.__main__ import main as eval_main
+    from seqzoo.trainer import train
+
+    z = tmp_path / "enwik8.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("enwik8", small_enwik8)
+    raw = byte_run_config(tmp_path / "run", tmp_path / "cache", z, model_type="transformer",
+                          train={"max_steps": 3})
+    raw["task"] = {"name": "enwik8", "path": str(z), "seq_len": 32, "eval_stride": 16}
+    result = train(resolve(raw))
+    assert result["metrics"]["num_targets"] == 50  # the whole (shrunk) test split
+    capsys.readouterr()
+    assert eval_main(["--model", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--batch-size",
+                      "2", "--output", "-"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["task"]["name"] == "enwik8" and out["metrics"]["num_targets"] == 50
+    assert out["metrics"]["bpb"] == pytest.approx(result["metrics"]["bpb"], rel=1e-6)  # windows: batching-free
+    assert out["metrics"]["bpb_ci95"] > 0
+
+
+def test_missing_or_corrupt_corpus_stops_the_trainer_before_it_writes(tmp_path, small_enwik8):
+    from seqzoo.config import resolve
+    from seqzoo.trainer import train
+
+    cache = tmp_path / "cache"
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="task.path: .*absent.* does not exist"):
+        train(resolve(byte_run_config(out, cache, tmp_path / "absent")))
+    z = tmp_path / "enwik8.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("enwik8", small_enwik8)
+    blob = bytearray(z.read_bytes())
+    for i in range(80, 100):
+        blob[i] ^= 0xFF
+    z.write_bytes(bytes(blob))
+    raw = byte_run_config(out, cache, z)
+    raw["task"] = {"name": "enwik8", "path": str(z), "seq_len": 32}
+    with pytest.raises(ConfigError, match="is corrupt"):
+        train(resolve(raw))
+    assert not out.exists()
+    assert not cache.exists() or files_under(cache) == []
