@@ -2,8 +2,9 @@
 model call on a batch (``Task.step``) and computes its metrics. ``get_task(name, settings)`` builds one by
 name; ``python -m seqzoo.eval`` evaluates a checkpoint.
 
-Registered tasks: ``mqar`` (Zoology's multi-query associative recall). Registered heads
-(:mod:`seqzoo.eval.heads`): ``causal-lm``, ``classification``. A new task subclasses
+Registered tasks: ``mqar`` (Zoology's multi-query associative recall); ``enwik8`` and ``bytes_lm`` (byte-level
+language modelling in bits per byte, :mod:`seqzoo.eval.lm`). Registered heads (:mod:`seqzoo.eval.heads`):
+``causal-lm``, ``classification``; ``byte-lm`` (:mod:`seqzoo.eval.lm.task`). A new task subclasses
 :class:`seqzoo.eval.base.Task` and calls :func:`register_task`; a new kind of model call subclasses
 :class:`seqzoo.eval.heads.Head` and calls :func:`register_head` (see ``docs/training.md``, "Adding a task").
 
@@ -51,6 +52,13 @@ def get_task(name: str, settings=None, cache_dir=None) -> Task:
 
 
 register_task(MQARTask)
+
+from .lm.task import BytesLMTask, Enwik8Task  # noqa: E402  (registers the byte-lm head)
+
+register_task(Enwik8Task)
+register_task(BytesLMTask)
+
+from . import lra  # noqa: E402,F401  (registers the LRA tasks and the lra-pair head, seqzoo/eval/lra/)
 
 __all__ = ["IGNORE_INDEX", "SETTINGS_FILE", "Head", "HeadOutput", "MQARSettings", "MQARTask", "StepOutput", "Task",
            "get_head", "get_task", "get_task_class", "list_heads", "list_tasks", "multiquery_ar", "read_saved_settings",
