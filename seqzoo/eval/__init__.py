@@ -58,8 +58,6 @@ from .lm.task import BytesLMTask, Enwik8Task  # noqa: E402  (registers the byte-
 register_task(Enwik8Task)
 register_task(BytesLMTask)
 
-from . import lra  # noqa: E402,F401  (registers the LRA tasks and the lra-pair head, seqzoo/eval/lra/)
-
 __all__ = ["IGNORE_INDEX", "SETTINGS_FILE", "Head", "HeadOutput", "MQARSettings", "MQARTask", "StepOutput", "Task",
            "get_head", "get_task", "get_task_class", "list_heads", "list_tasks", "multiquery_ar", "read_saved_settings",
            "register_head", "register_task"]
