@@ -11,7 +11,7 @@ Registered heads:
 - ``causal-lm``: ``AutoModelForCausalLM``; ``labels`` has the shape of ``input_ids`` and the logits at ``t``
   are scored against ``labels[t + 1]`` (the Hugging Face convention; the training loss is the model's own);
 - ``classification``: ``AutoModelForSequenceClassification`` with the task's ``num_labels``; one integer label
-  per example, scored against the logits the model pools from the last real token.
+  per example, scored against the logits of the model's pooled sequence (``config.classifier_pooling``).
 
 A new head subclasses :class:`Head` and calls :func:`register_head`; one class is all a new kind of model call
 needs. Two planned ones show the hooks:
