@@ -119,11 +119,11 @@ def _backward(x, w, b, h0, saved, dy, dht, spans, activation, residual):
         for j in range(K):
             sh = shifts[j]
             if sh < T:
-                dw[level, :, j] = torch.einsum("btd,btd->d", da[:, sh:], hl[:, :T - sh])
+                dw[level, :, j] = (da[:, sh:] * hl[:, :T - sh]).sum((0, 1))  # (einsum here goes through bmm + copies)
                 dh[:, :T - sh].addcmul_(da[:, sh:], w[level, :, j])
             if past is not None and sh > 0:
                 m = min(sh, T)
-                dw[level, :, j] += torch.einsum("btd,btd->d", da[:, :m], past[:, p - sh:p - sh + m])
+                dw[level, :, j] += (da[:, :m] * past[:, p - sh:p - sh + m]).sum((0, 1))
                 dpast[:, p - sh:p - sh + m].addcmul_(da[:, :m], w[level, :, j])
         if dht is not None and p > 0:  # the final window: the last P_l of [past, h_l]
             dwin = dht[:, :, off:off + p].transpose(1, 2)  # [B, P_l, D]
