@@ -28,4 +28,7 @@ for op in delta_rule linear_attention block_attention rms_norm; do
     timeout 90 python -m seqzoo.bench "$op" --json "$OUT/bench_$op.json" > "$OUT/bench_$op.txt" 2>&1
   fi
 done
+# the TCN (fused Triton) against MEGA's FFT EMA (cuFFT), D = 512, T = 1k .. 131k (issue 11)
+timeout 90 python -m seqzoo.bench dilated_conv --no-scan --json "$OUT/bench_dilated_conv.json" \
+  > "$OUT/bench_dilated_conv.txt" 2>&1
 tail -n 3 "$OUT"/*.txt
