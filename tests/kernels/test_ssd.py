@@ -303,3 +303,18 @@ def test_triton_kernels_compile_for_hopper():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     res = subprocess.run([sys.executable, script, "ssd"], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+
+
+def test_bench_minimal_listing_matches_reference():
+    """The benchmark's re-implementation of the SSD paper's listing computes the same scan (so its timings
+    compare like with like)."""
+    from seqzoo.bench.ssd_scan import ssd_minimal
+
+    inputs = _inputs(1, 128, 2, 8, 1, 6, 1, torch.float32, torch.device("cpu"), d_shape=None)
+    y, ht = ssd_scan(**inputs, output_final_state=True, backend="reference")
+    delta = torch.nn.functional.softplus(inputs["dt"] + inputs["dt_bias"])
+    Bh, Ch = (inputs[k].expand(1, 128, 2, 6) for k in ("B", "C"))
+    y_min, ht_min = ssd_minimal(inputs["x"] * delta[..., None], inputs["A"] * delta, Bh, Ch, 32,
+                                h0=inputs["initial_state"])
+    assert_close("listing y", y_min, y, 1e-5)
+    assert_close("listing state", ht_min, ht, 1e-5)

@@ -40,18 +40,20 @@ def _scan(u, delta, A, B, C, h0, chunk):
     decay = torch.exp(logd)
     w = ((delta * u).view(Ns, Tp, G, Dg, 1) * B.view(Ns, Tp, G, 1, N)).view(Ns, NC, chunk, Dm, N)  # Δ u B
     # 1. local scan inside every chunk, from a zero state
-    s = w[:, :, 0]
+    # (unbind, not indexing: the backward of many selects would write as many full-size zero tensors)
+    w_j, decay_j = w.unbind(2), decay.unbind(2)
+    s = w_j[0]
     local = [s]
     for j in range(1, chunk):
-        s = decay[:, :, j] * s + w[:, :, j]
+        s = decay_j[j] * s + w_j[j]
         local.append(s)
     local = torch.stack(local, 2)  # [Ns, NC, C, D, N]
     from_start = torch.exp(logd.cumsum(2))  # decay from the chunk start through token j (≤ 1)
     # 2. the state entering each chunk
     S, h_in = h0, []
-    for c in range(NC):
+    for total, end in zip(from_start[:, :, -1].unbind(1), local[:, :, -1].unbind(1)):
         h_in.append(S)
-        S = from_start[:, c, -1] * S + local[:, c, -1]
+        S = total * S + end
     h_in = torch.stack(h_in, 1)  # [Ns, NC, D, N]
     # 3. every token's state, and y = C · x
     x = local + from_start * h_in[:, :, None]  # [Ns, NC, C, D, N]

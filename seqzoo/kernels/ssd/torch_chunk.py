@@ -5,8 +5,8 @@ scan of ``[P, N]`` states (README.md has the derivation). Every sequence is zero
 a padded step has ``Δ = 0``, so it neither decays the state (``exp(0·A) = 1``) nor writes to it (``Δ x = 0``),
 and the final state is exact for any T without tracking chunk lengths.
 
-Layout: chunk-major ``[N, H, NC, C, ·]`` so each product is one batched matmul; B and C stay per group
-(``[N, G, NC, C, N]``): ``C Bᵀ`` is computed once per group and shared by the group's ``H / G`` heads.
+B and C stay per group (``[N, G, NC, C, N]``): ``C Bᵀ`` is computed once per group and shared by its
+``H / G`` heads, and the state products take the group's heads as one matrix (see ``_chunk_scan``).
 """
 
 from __future__ import annotations
@@ -24,39 +24,49 @@ def _chunk_scan(x, delta, A, B, C, h0, chunk):
 
     x: [N, Tp, H, P]; delta: [N, Tp, H] (0 on padding); A: [H]; B, C: [N, Tp, G, Ns]; h0: [N, H, P, Ns].
     Returns y [N, Tp, H, P] (without the D term) and the final state [N, H, P, Ns].
+
+    The products that involve B or C run once per group with the group's heads side by side in the columns
+    (``[C, HG·P]`` blocks read straight from x's ``[.., H, P]`` layout), so states are kept transposed,
+    ``[N, G, Ns, HG·P]``; only the per-head intra-chunk product needs a head-major copy of ``Δ x``.
     """
     N, Tp, H, P = x.shape
     G, Ns = B.shape[2], B.shape[3]
     HG, NC = H // G, Tp // chunk
-    cs = (delta * A).view(N, NC, chunk, H).cumsum(2).permute(0, 3, 1, 2)  # log-decay cumsum in chunk [N, H, NC, C]
-    Bc = B.view(N, NC, chunk, G, Ns).permute(0, 3, 1, 2, 4).unsqueeze(2)  # [N, G, 1, NC, C, Ns]
-    Cc = C.view(N, NC, chunk, G, Ns).permute(0, 3, 1, 2, 4).unsqueeze(2)  # [N, G, 1, NC, C, Ns]
-    v = (x * delta[..., None]).view(N, NC, chunk, H, P).permute(0, 3, 1, 2, 4)  # Δ x: [N, H, NC, C, P]
+    cs = (delta * A).view(N, NC, chunk, H).cumsum(2)  # log-decay cumsum inside each chunk  [N, NC, C, H]
+    last = cs[:, :, -1:]  # [N, NC, 1, H]
+    Bc = B.view(N, NC, chunk, G, Ns).permute(0, 3, 1, 2, 4).contiguous()  # [N, G, NC, C, Ns]
+    Cc = C.view(N, NC, chunk, G, Ns).permute(0, 3, 1, 2, 4).contiguous()
+    v = x * delta[..., None]  # Δ x                                                  [N, Tp, H, P]
 
     # 1. intra-chunk (the dual, attention-like form): y_l = Σ_{s≤l} (C_l·B_s) exp(cs_l − cs_s) Δ_s x_s
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    seg = (cs[..., :, None] - cs[..., None, :]).masked_fill(~causal, float("-inf"))  # [N, H, NC, C, C]
-    cb = Cc @ Bc.transpose(-1, -2)  # once per group                                   [N, G, 1, NC, C, C]
-    scores = cb * torch.exp(seg).view(N, G, HG, NC, chunk, chunk)  # [N, G, HG, NC, C, C]
-    y = scores.view(N, H, NC, chunk, chunk) @ v  # [N, H, NC, C, P]
+    csh = cs.permute(0, 3, 1, 2)  # [N, H, NC, C]
+    seg = (csh[..., :, None] - csh[..., None, :]).masked_fill(~causal, float("-inf"))  # [N, H, NC, C, C]
+    cb = Cc @ Bc.transpose(-1, -2)  # once per group                                   [N, G, NC, C, C]
+    scores = cb[:, :, None] * torch.exp(seg).view(N, G, HG, NC, chunk, chunk)
+    vh = v.view(N, NC, chunk, H, P).permute(0, 3, 1, 2, 4)  # head-major copy (made by the matmul)
+    y = scores.view(N, H, NC, chunk, chunk) @ vh  # [N, H, NC, C, P]
 
-    # 2. what each chunk writes to the state by its end: Σ_s exp(cs_last − cs_s) Δ_s x_s B_sᵀ
-    w = torch.exp(cs[..., -1:] - cs)  # [N, H, NC, C]
-    vw = (v * w[..., None]).view(N, G, HG, NC, chunk, P)
-    dS = (vw.transpose(-1, -2) @ Bc).view(N, H, NC, P, Ns)  # [N, H, NC, P, Ns]
+    # 2. what each chunk writes to the state by its end, transposed: Σ_s B_s (exp(cs_last − cs_s) Δ_s x_s)ᵀ
+    vw = (v.view(N, NC, chunk, H, P) * torch.exp(last - cs)[..., None])  # [N, NC, C, H, P]
+    vw = vw.view(N, NC, chunk, G, HG * P).permute(0, 3, 1, 2, 4)  # [N, G, NC, C, HG·P] (a view)
+    dS = (Bc.transpose(-1, -2) @ vw).unbind(2)  # NC × [N, G, Ns, HG·P]
 
-    # 3. the scan of chunk states (T / C sequential steps on [N, H, P, Ns])
-    decay = torch.exp(cs[..., -1])  # [N, H, NC]
-    S, h_in = h0, []
+    # 3. the scan of chunk states (T / C sequential steps; unbind, not indexing: the backward of NC selects
+    #    would write NC full-size zero tensors)
+    decay = torch.exp(last).view(N, NC, 1, G, 1, HG, 1).unbind(1)  # NC × [N, 1, G, 1, HG, 1]
+    S = h0.view(N, G, HG, P, Ns).permute(0, 1, 4, 2, 3).reshape(N, G, Ns, HG, P)
+    h_in = []
     for c in range(NC):
         h_in.append(S)
-        S = decay[:, :, c, None, None] * S + dS[:, :, c]
-    h_in = torch.stack(h_in, 2).view(N, G, HG, NC, P, Ns)  # state entering each chunk
+        S = decay[c][:, 0] * S + dS[c].view(N, G, Ns, HG, P)
+    h_in = torch.stack(h_in, 2).view(N, G, NC, Ns, HG * P)  # state entering each chunk (transposed)
 
-    # 4. inter-chunk: y_l += exp(cs_l) S_in C_l
-    y_off = (Cc @ h_in.transpose(-1, -2)).view(N, H, NC, chunk, P) * torch.exp(cs)[..., None]
-    y = (y + y_off).permute(0, 2, 3, 1, 4).reshape(N, Tp, H, P)
-    return y, S
+    # 4. inter-chunk: y_l += exp(cs_l) S_in C_l, computed for the group's heads at once
+    y_off = (Cc @ h_in).view(N, G, NC, chunk, HG, P).permute(0, 2, 3, 1, 4, 5).reshape(N, NC, chunk, H, P)
+    y = y.permute(0, 2, 3, 1, 4) + y_off * torch.exp(cs)[..., None]  # [N, NC, C, H, P]
+    final = S.permute(0, 1, 3, 4, 2).reshape(N, H, P, Ns)
+    return y.reshape(N, Tp, H, P), final
 
 
 def ssd_scan_torch(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, float("inf")),
