@@ -32,7 +32,7 @@ from ...common import ConfigError, did_you_mean
 from ...fields import check_type, dataclass_types
 from .spec import FFNS, MIXERS, LayerSpec, get_layer_type, parse_layers
 
-POOLINGS = ("mean", "last")
+POOLINGS = ("mean", "last", "cls")
 
 # keyword arguments of transformers' PreTrainedConfig that a user may set through make_config / YAML
 HF_CONFIG_KWARGS = ("num_labels", "id2label", "label2id", "problem_type", "dtype", "torch_dtype",
@@ -59,7 +59,9 @@ class ZooConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         layers: list | None = None,  # one (mixer, FFN) spec per layer; see the module docstring
         mixer_pattern: list[str] | None = None,  # shorthand for layers: one mixer name per layer
-        classifier_pooling: str = "mean",  # sequence classification: "mean" over non-pad tokens or "last"
+        classifier_pooling: str = "mean",  # sequence classification: "mean" over non-pad tokens, "last", or
+                                           # "cls" (a learned token in front; use with bidirectional)
+        bidirectional: bool = False,  # every mixer also runs on the reversed sequence (an encoder; no cache)
         classifier_dropout: float = 0.0,
         tie_word_embeddings: bool = False,
         pad_token_id: int | None = 256,
@@ -82,7 +84,7 @@ class ZooConfig(PreTrainedConfig):
             vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
             num_heads=num_heads, head_dim=head_dim, intermediate_size=intermediate_size, mlp_type=mlp_type,
             norm_eps=norm_eps, max_position_embeddings=max_position_embeddings,
-            initializer_range=initializer_range, classifier_pooling=classifier_pooling,
+            initializer_range=initializer_range, classifier_pooling=classifier_pooling, bidirectional=bidirectional,
             classifier_dropout=classifier_dropout, use_cache=use_cache,
         )
         hints = _init_hints(ZooConfig)

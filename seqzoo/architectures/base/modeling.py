@@ -2,7 +2,9 @@
 
     ZooModel                       embeddings -> Block x L (each the layer's mixer and FFN) -> RMSNorm
     ZooForCausalLM                 + LM head, loss with labels (shifted inside), generate() through ZooCache
-    ZooForSequenceClassification   + pooling ("mean" over non-pad tokens or "last" non-pad token) + linear head
+    ZooForSequenceClassification   + pooling ("mean" over non-pad tokens, "last" non-pad token, or "cls") + linear head
+
+``config.bidirectional`` runs every mixer also on the reversed sequence (``bidirectional.py``).
 
 An architecture subclasses each with ``config_class = ItsConfig`` and nothing else (see deltanet/).
 """
@@ -21,6 +23,7 @@ from transformers.modeling_outputs import (
 
 import dataclasses
 
+from .bidirectional import ClsToken, make_bidirectional, pool_hidden
 from .block import Block
 from .cache import ZooCache
 from .configuration import ZooConfig
@@ -106,6 +109,8 @@ class ZooModel(ZooPreTrainedModel):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        if getattr(config, "bidirectional", False):  # every mixer also run on the reversed sequence
+            make_bidirectional(self.layers, config)
         self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
@@ -286,6 +291,7 @@ class ZooForSequenceClassification(ZooPreTrainedModel):
         self.model = (type(self).base_model_class or ZooModel)(config)
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=True)
+        self.cls_token = ClsToken(config.hidden_size) if config.classifier_pooling == "cls" else None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -295,16 +301,8 @@ class ZooForSequenceClassification(ZooPreTrainedModel):
         self.model.embeddings = value
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """[B, T, hidden] -> [B, hidden]: mean over non-pad tokens, or the last non-pad token."""
-        B, T, _ = hidden.shape
-        if attention_mask is None:
-            return hidden.mean(dim=1) if self.config.classifier_pooling == "mean" else hidden[:, -1]
-        mask = attention_mask[:, -T:].to(hidden.dtype)  # [B, T]
-        if self.config.classifier_pooling == "mean":
-            return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        # the last position holding a token (works for left and right padding)
-        last = (mask * torch.arange(1, T + 1, device=hidden.device, dtype=hidden.dtype)).argmax(dim=1)
-        return hidden[torch.arange(B, device=hidden.device), last]
+        """[B, T, hidden] -> [B, hidden]: mean over non-pad tokens, the last non-pad token, or the CLS position."""
+        return pool_hidden(hidden, attention_mask, self.config.classifier_pooling)
 
     def forward(
         self,
@@ -316,6 +314,10 @@ class ZooForSequenceClassification(ZooPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast:
+        if self.cls_token is not None:  # a learned vector in front of every sequence (bidirectional.py)
+            embeds = self.model.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+            inputs_embeds, attention_mask = self.cls_token.prepend(embeds, attention_mask)
+            input_ids = None
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
