@@ -53,6 +53,8 @@ def get_task(name: str, settings=None, cache_dir=None) -> Task:
 
 register_task(MQARTask)
 
+from . import lra  # noqa: E402,F401  (registers the LRA tasks and the lra-pair head, seqzoo/eval/lra/)
+
 from .lm.task import BytesLMTask, Enwik8Task  # noqa: E402  (registers the byte-lm head)
 
 register_task(Enwik8Task)
