@@ -35,14 +35,24 @@ class SparkConfig(ZooConfig):
         kernel_backend: str = "auto",  # seqzoo.kernels backend for the Spark ops: auto | triton | torch | reference
         **kwargs,
     ):
+        sparsity = self.check_field("sparsity", sparsity)
         if sparsity not in SPARSITY_PRESETS:
             raise ConfigError(f"SparkConfig.sparsity: expected one of {SPARSITY_PRESETS}, got {sparsity!r}")
         self.sparsity = sparsity
-        self.forward_settings("spark_attention", num_kv_heads=num_kv_heads, rope_theta=rope_theta,
-                              predictor_dims=attn_predictor_dims, top_k=attn_top_k, kernel_backend=kernel_backend)
-        self.forward_settings("attention", num_kv_heads=num_kv_heads, rope_theta=rope_theta)
-        self.forward_settings("spark_ffn", predictor_dims=ffn_predictor_dims, kept_fraction=ffn_kept_fraction,
-                              sparse_max_tokens=sparse_ffn_max_tokens, kernel_backend=kernel_backend)
+        self.forward_settings(
+            "spark_attention",
+            dict(num_kv_heads=num_kv_heads, rope_theta=rope_theta, predictor_dims=attn_predictor_dims,
+                 top_k=attn_top_k, kernel_backend=kernel_backend),
+            {"predictor_dims": "attn_predictor_dims", "top_k": "attn_top_k"},
+        )
+        self.forward_settings("attention", dict(num_kv_heads=num_kv_heads, rope_theta=rope_theta))
+        self.forward_settings(
+            "spark_ffn",
+            dict(predictor_dims=ffn_predictor_dims, kept_fraction=ffn_kept_fraction,
+                 sparse_max_tokens=sparse_ffn_max_tokens, kernel_backend=kernel_backend),
+            {"predictor_dims": "ffn_predictor_dims", "kept_fraction": "ffn_kept_fraction",
+             "sparse_max_tokens": "sparse_ffn_max_tokens"},
+        )
         kwargs.setdefault("mlp_type", "swiglu" if sparsity == "attention" else "spark_ffn")
         super().__init__(**kwargs)
 

@@ -20,6 +20,7 @@ OP = "statistical_topk"
 MODES = ("soft", "hard")
 
 
+@torch.compiler.assume_constant_result  # a Python float of Python numbers: no graph break under torch.compile
 def quantile_multiplier(k: float, d: int) -> float:
     """``z = Φ⁻¹(1 - k/d)``: the threshold sits z standard deviations above the mean (≈1.405 for 8% kept)."""
     return NormalDist().inv_cdf(1.0 - k / d)
