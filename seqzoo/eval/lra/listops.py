@@ -313,6 +313,9 @@ class ListOpsSettings:
     seed: int = 0
 
 
+_POOL: dict = {}  # the last generated pool (the three splits are cut from it)
+
+
 def listops_split(settings: ListOpsSettings, split: str) -> dict:
     """The columns of one split: ``input_ids`` (variable length) and ``labels``."""
     check_split(split)
@@ -323,8 +326,11 @@ def listops_split(settings: ListOpsSettings, split: str) -> dict:
                                        max_length=s.max_length)
         return {"input_ids": ids, "labels": labels}
     sizes = {"train": s.num_train, "valid": s.num_valid, "test": s.num_test}
-    trees = generate_listops(sum(sizes.values()), split_seed(s.seed, "train"), s.min_length, s.max_length,
-                             s.max_depth, s.max_args)
+    key = (sum(sizes.values()), split_seed(s.seed, "train"), s.min_length, s.max_length, s.max_depth, s.max_args)
+    if key not in _POOL:  # one pool for the three splits: generate it once per process
+        _POOL.clear()
+        _POOL[key] = generate_listops(*key)
+    trees = _POOL[key]
     start = {"train": 0, "valid": s.num_train, "test": s.num_train + s.num_valid}[split]
     chosen = trees[start:start + sizes[split]]
     return {"input_ids": [encode(tree_tokens(t)) for t in chosen], "labels": [tree_value(t) for t in chosen]}
