@@ -1,12 +1,15 @@
 """MEGA on tiny configs, through the shared architecture checks, plus its own pieces (presets, the EMA paths
 inside the layer, bidirectional classification, the normalized FFN)."""
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import seqzoo
 from seqzoo.architectures.mega import MegaConfig, MegaFFN, MegaForCausalLM, MegaMixer
+from seqzoo.architectures.mega.modeling_mega import laplace_blocks
 
 from . import common
 
@@ -15,9 +18,33 @@ V = 259
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_heads=2, vocab_size=V, chunk_size=4)
 
 
-@pytest.fixture(params=["chunked", "full"])
+VARIANTS = {"chunked": {}, "full": dict(chunk_size=0), "laplace": dict(attention="laplace")}
+
+
+@pytest.fixture(params=list(VARIANTS))
 def model(request):
-    return common.tiny_lm("mega", **{**TINY, "chunk_size": 4 if request.param == "chunked" else 0})
+    return common.tiny_lm("mega", **{**TINY, **VARIANTS[request.param]})
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_laplace_blocks_against_a_loop(causal):
+    """laplace_blocks (padded blocks, packed sequences) against MEGA's formula one query at a time."""
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 7, 7, 20], dtype=torch.int32)
+    q, k = torch.randn(1, 20, 2, 5), torch.randn(1, 20, 2, 5)
+    v = torch.randn(1, 20, 2, 3)
+    got = laplace_blocks(q, k, v, 4, causal, cu)
+    want = torch.zeros_like(got)
+    for s, e in ((0, 7), (7, 20)):
+        for i in range(s, e):
+            b0 = s + (i - s) // 4 * 4
+            keys = range(b0, min(b0 + 4, e)) if not causal else range(b0, i + 1)
+            for h in range(2):
+                for j in keys:
+                    x = (q[0, i, h] @ k[0, j, h]) / len(keys)
+                    f = 0.5 * (1 + torch.erf((x - math.sqrt(0.5)) / (math.sqrt(1 / (4 * math.pi)) * math.sqrt(2))))
+                    want[0, i, h] += f * v[0, j, h]
+    common.assert_close("laplace blocks", got, want, 1e-5)
 
 
 def test_layers_are_mega_with_normalized_ffn():
@@ -111,6 +138,8 @@ def test_presets():
     text = MegaConfig.from_preset("text", vocab_size=V)
     assert (text.num_hidden_layers, text.hidden_size, text.layers[0]["mixer"]["chunk_size"]) == (4, 128, 0)
     assert not text.layers[0]["mixer"]["causal"] and not text.use_cache
+    assert text.layers[0]["mixer"]["attention"] == "softmax"
+    assert MegaConfig.from_preset("pathfinder").layers[0]["mixer"]["attention"] == "laplace"
     with pytest.raises(ValueError, match="preset must be one of"):
         MegaConfig.from_preset("lra")
 

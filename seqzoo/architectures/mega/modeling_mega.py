@@ -8,7 +8,9 @@ The block (Ma et al., ICLR 2023, arXiv 2209.10655; ``moving_average_gated_attent
     2. x' = SiLU(ctx(x̂) + ω ⊙ x̂)                              [B, T, D]   MEGA: damped EMA; TCNCA: TCN
     3. W x' -> u (sigmoid: update gate), z, r (SiLU: shared z, reset gate), h_x
     4. q = z·γ₀ + β₀,  k = z·γ₁ + β₁                            [B, T, z]   per-dim affine of the shared z
-    5. O = softmax(q kᵀ / √z) v inside chunks of ``chunk_size`` tokens (``block_attention``; causal or not)
+    5. O = f(q kᵀ) v inside chunks of ``chunk_size`` tokens, causal or not: ``softmax(q kᵀ / √z)`` through the
+       ``block_attention`` kernel, or MEGA's ``laplace(q kᵀ / n)`` (n = the keys the query sees;
+       ``laplace(x) = ½(1 + erf((x − √½) / (σ√2)))``, σ = √(1/4π)) in plain torch (:func:`laplace_blocks`)
     6. H = SiLU(h_x + W_h (O ⊙ r))
     7. out = u ⊙ (H − x̂)          (the Block adds x: MEGA's x + u ⊙ (H − x))
 
@@ -20,6 +22,7 @@ the residual and the mixer sees the normalized x̂.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...kernels import block_attention, ema
+from ...kernels._chunk import pack_varlen, pad_time, seq_lens, unpack_varlen
 from ...kernels.ema import ema_step, mega_ema_coefficients
 from ..base import (
     FFNSettings,
@@ -44,6 +48,8 @@ from .configuration_mega import MegaConfig
 
 KERNEL_BACKENDS = ("auto", "triton", "torch", "reference")
 EMA_BACKENDS = ("auto", "fft", "scan", "reference")
+ATTENTIONS = ("softmax", "laplace")
+LAPLACE_MU, LAPLACE_SIGMA = math.sqrt(0.5), math.sqrt(1.0 / (4.0 * math.pi))
 MAX_V_PER_CALL = 256  # block_attention's Triton kernel takes value dims up to 256: wider v runs in groups
 
 
@@ -52,6 +58,7 @@ class GatedAttentionSettings(MixerSettings):
     z_dim: int | None = None  # shared q/k dim z; None: hidden_size // 4, at least 16 (MEGA: 64-128)
     v_dim: int | None = None  # value / attention output dim ("hidden"); None: 2 * hidden_size (MEGA's ratio)
     chunk_size: int = 128  # attention inside chunks of this many tokens; 0 = full attention
+    attention: str = "softmax"  # softmax (block_attention kernel) | laplace (MEGA's LRA image/path configs)
     rotary: bool = True  # rotary positions on q, k (relative positions inside the chunk)
     rope_theta: float = 10000.0
     causal: bool = True  # False: bidirectional context and attention (classification); no generation then
@@ -63,6 +70,38 @@ class GatedAttentionSettings(MixerSettings):
         if self.chunk_size < 0:
             raise self.invalid(where, "chunk_size", "0 (full attention) or a positive chunk length")
         self.require_choice(where, "kernel_backend", KERNEL_BACKENDS)
+        self.require_choice(where, "attention", ATTENTIONS)
+
+
+def laplace_blocks(q, k, v, block_size: int, causal: bool, cu_seqlens=None):
+    """MEGA's laplace attention inside blocks of ``block_size`` tokens, in plain torch (fp32):
+    ``o_i = Σ_j laplace(q_i·k_j / n_i) v_j`` over the keys ``j`` of the query's block (``j ≤ i`` if causal),
+    ``n_i`` their count. q, k: ``[B, T, H, D]``, v: ``[B, T, H, Dv]``; ``cu_seqlens`` packs sequences (B = 1).
+    O(T·w) memory, as ``block_attention``'s torch path."""
+    B, T, H, D = q.shape
+    w = block_size
+    qf, kf, vf = q.float(), k.float(), v.float()
+    if cu_seqlens is None:
+        qf, kf, vf = (pad_time(x, w) for x in (qf, kf, vf))
+        lengths = torch.full((B,), T, dtype=torch.long, device=q.device)
+    else:
+        qf, kf, vf = (unpack_varlen(x, cu_seqlens, multiple=w) for x in (qf, kf, vf))  # [N, Tp, H, *]
+        lengths = seq_lens(cu_seqlens).long()
+    N, Tp = qf.shape[:2]
+    nb = Tp // w
+    qb, kb = (x.view(N, nb, w, H, D).permute(0, 3, 1, 2, 4) for x in (qf, kf))  # [N, H, nb, w, D]
+    vb = vf.view(N, nb, w, H, -1).permute(0, 3, 1, 2, 4)
+    pos = torch.arange(w, device=q.device)
+    real = torch.arange(Tp, device=q.device).view(nb, w)[None] < lengths[:, None, None]  # [N, nb, w]
+    visible = real[:, None, :, None, :]  # [N, 1, nb, 1, w]: keys that exist
+    if causal:
+        visible = visible & (pos[:, None] >= pos[None, :])
+    n = visible.sum(-1, keepdim=True).clamp(min=1)  # keys each query sees
+    s = (qb @ kb.transpose(-1, -2)) / n  # [N, H, nb, w, w]
+    p = 0.5 * (1.0 + torch.erf((s - LAPLACE_MU) / (LAPLACE_SIGMA * math.sqrt(2.0)))) * visible
+    o = (p @ vb).permute(0, 2, 3, 1, 4).reshape(N, Tp, H, -1)
+    o = o[:, :T] if cu_seqlens is None else pack_varlen(o, cu_seqlens)
+    return o.to(q.dtype)
 
 
 @dataclass
@@ -114,6 +153,8 @@ class GatedAttention(nn.Module):
 
     def _attend(self, q, k, v, cu_seqlens):
         w = self.settings.chunk_size or q.shape[1]  # full attention: one block over the whole input
+        if self.settings.attention == "laplace":
+            return laplace_blocks(q, k, v, w, self.settings.causal, cu_seqlens)
         groups = [v] if v.shape[-1] <= MAX_V_PER_CALL else list(v.split(MAX_V_PER_CALL, dim=-1))
         outs = [block_attention(q, k, g.contiguous(), block_size=w, causal=self.settings.causal,
                                 scale=self.z_dim ** -0.5, cu_seqlens=cu_seqlens,

@@ -22,6 +22,7 @@ class TcncaConfig(ZooConfig):
         z_dim: int | None = None,  # shared q/k dim; None: hidden_size // 4 (at least 16)
         v_dim: int | None = None,  # value dim; None: 2 * hidden_size
         chunk_size: int = 128,  # attention inside chunks of this many tokens; 0 = full attention
+        attention: str = "softmax",  # softmax | laplace (MEGA's attention choices)
         kernel_size: int = 4,  # TCN taps per level
         dilation_base: int = 4,  # TCN level l has dilation dilation_base**l
         tcn_depth: int = 6,  # TCN levels (receptive field 4096 with the defaults)
@@ -36,8 +37,8 @@ class TcncaConfig(ZooConfig):
     ):
         causal = self.check_field("causal", causal)
         self.forward_settings("tcnca", dict(
-            z_dim=z_dim, v_dim=v_dim, chunk_size=chunk_size, kernel_size=kernel_size, dilation_base=dilation_base,
-            depth=tcn_depth, tcn_activation=tcn_activation, tcn_residual=tcn_residual, rotary=rotary,
+            z_dim=z_dim, v_dim=v_dim, chunk_size=chunk_size, attention=attention, kernel_size=kernel_size,
+            dilation_base=dilation_base, depth=tcn_depth, tcn_activation=tcn_activation, tcn_residual=tcn_residual, rotary=rotary,
             rope_theta=rope_theta, causal=causal, kernel_backend=kernel_backend), {"depth": "tcn_depth"})
         kwargs.setdefault("use_cache", causal)
         super().__init__(mlp_type=mlp_type, **kwargs)
