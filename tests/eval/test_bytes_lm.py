@@ -386,6 +386,10 @@ def test_task_settings_and_the_evaluation_mode(tmp_path):
     forced = get_task("bytes_lm", {"path": "x", "eval_mode": "carry"})
     with pytest.raises(ConfigError, match="task.eval_mode: 'carry' needs a model whose every layer"):
         forced.check_model_config(tiny_lm("transformer").config)
+    with pytest.raises(ConfigError, match="model.bidirectional: a language model must be causal"):
+        task.check_model_config(seqzoo.make_config("deltanet", bidirectional=True))
+    with pytest.raises(ConfigError, match="model.causal: a language model must be causal"):
+        task.check_model_config(seqzoo.make_config("transnormer", causal=False))
     defaults = task.model_config_defaults()
     assert defaults["vocab_size"] == 259 and defaults["pad_token_id"] == 256
 

@@ -156,9 +156,17 @@ class _ByteLMTask(Task):
         return out
 
     def check_model_config(self, config, where: str = "model") -> None:
-        """Besides the base checks: decide ``eval_mode: auto`` from the layers (every layer with a fixed-size
-        state: carry; else window) and refuse ``carry`` for a model that has a growing KV cache."""
+        """Besides the base checks: refuse a model that is not causal; decide ``eval_mode: auto`` from the layers
+        (every layer with a fixed-size state: carry; else window) and refuse ``carry`` for a model that has a
+        growing KV cache."""
         super().check_model_config(config, where)
+        if getattr(config, "bidirectional", False):
+            raise ConfigError(f"{where}.bidirectional: a language model must be causal (it would see the bytes it "
+                              f"predicts), got bidirectional=True; expected False")
+        for i, spec in enumerate(config.layer_specs()):
+            if getattr(spec.mixer, "causal", True) is False:
+                raise ConfigError(f"{where}.causal: a language model must be causal (it would see the bytes it "
+                                  f"predicts), but layer {i}'s {spec.mixer_type} mixer has causal=False")
         recurrent = carries_state(config)
         mode = self.settings.eval_mode
         if mode == "carry" and not recurrent:
