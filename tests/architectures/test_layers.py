@@ -177,3 +177,30 @@ def test_causal_lm_loads_from_hybrid_checkpoint_through_auto(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert loaded.config.layer_mixers() == ["norm_attention", "deltanet"]
+
+
+@pytest.mark.parametrize("model_type,fields", [("deltanet", {}), ("transnormer", {"use_output_gate": True})])
+def test_output_gates_start_open_at_every_width(model_type, fields):
+    """silu(W_g x + b) with b = 1.28 at init: the gate is ~1 whatever the width, so it does not scale the
+    mixer's output (and gradient) down at small widths; a loaded checkpoint keeps its trained bias."""
+    from seqzoo.architectures.base import GATE_BIAS_INIT, GateProjection
+
+    for width in (32, 256):
+        model = common.tiny_lm(model_type, **{**TINY, "hidden_size": width}, **fields)
+        gates = [m for m in model.modules() if isinstance(m, GateProjection)]
+        assert gates
+        x = model.model.layers[-1].mixer_norm(torch.randn(4, 7, width))
+        for g in gates:
+            assert torch.equal(g.bias, torch.full_like(g.bias, GATE_BIAS_INIT))
+            opened = torch.nn.functional.silu(g(x))
+            assert 0.85 < opened.mean().item() < 1.15, (width, opened.mean().item())
+
+
+def test_trained_gate_bias_survives_save_load(tmp_path):
+    model = common.tiny_lm("deltanet", **TINY)
+    gate = model.model.layers[0].mixer.g_proj
+    with torch.no_grad():
+        gate.bias.fill_(-0.5)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert torch.equal(loaded.model.layers[0].mixer.g_proj.bias, gate.bias)

@@ -4,7 +4,7 @@ from . import padding
 from .block import Block
 from .cache import ZooCache
 from .configuration import ZooConfig
-from .layers import MLP, MLPSettings, RMSNorm, RotaryEmbedding, ShortConvolution
+from .layers import GATE_BIAS_INIT, MLP, GateProjection, MLPSettings, RMSNorm, RotaryEmbedding, ShortConvolution
 from .modeling import ZooForCausalLM, ZooForSequenceClassification, ZooModel, ZooPreTrainedModel
 from .registry import get_config_class, list_architectures, make_config, register_architecture
 from .spec import (
@@ -20,7 +20,7 @@ from .spec import (
 )
 
 __all__ = [
-    "Block", "ZooCache", "ZooConfig", "MLP", "MLPSettings", "RMSNorm", "RotaryEmbedding", "ShortConvolution",
+    "GATE_BIAS_INIT", "GateProjection", "Block", "ZooCache", "ZooConfig", "MLP", "MLPSettings", "RMSNorm", "RotaryEmbedding", "ShortConvolution",
     "FFNS", "MIXERS", "FFNSettings", "LayerSettings", "LayerSpec", "MixerSettings", "get_mixer", "register_ffn",
     "register_mixer", "padding", "ZooForCausalLM", "ZooForSequenceClassification", "ZooModel",
     "ZooPreTrainedModel", "get_config_class", "list_architectures", "make_config", "register_architecture",

@@ -83,6 +83,25 @@ class PlainMLP(MLP):
     kind = "mlp"
 
 
+GATE_BIAS_INIT = 1.28  # silu(1.28) = 1.00: an output gate starts open
+
+
+class GateProjection(nn.Linear):
+    """The pre-activation of an output gate ``RMSNorm(o) * silu(W_g x + b)``, with ``b`` initialised to
+    ``bias_init`` (default 1.28, where silu = 1). With a zero bias the gate starts at silu(W_g x) ~ 0.5 W_g x,
+    about 0.08 at width 64 with std 0.02 weights, which scales the mixer's output and its gradient down ~12x
+    and stalled small models at chance; starting open makes the gate's scale independent of the width."""
+
+    def __init__(self, in_features: int, out_features: int, bias_init: float = GATE_BIAS_INIT):
+        super().__init__(in_features, out_features, bias=True)
+        self.bias_init = bias_init
+        with torch.no_grad():
+            self.bias.fill_(bias_init)
+
+    def zoo_init_weights(self, init) -> None:  # called by ZooPreTrainedModel._init_weights after the Linear init
+        init.constant_(self.bias, self.bias_init)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (rotate-half form) computed from explicit ``position_ids``, so cached decoding,
     left padding and packed sequences all get the right angles. Not a buffer in the checkpoint."""

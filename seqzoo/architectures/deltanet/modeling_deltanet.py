@@ -29,6 +29,8 @@ from ...kernels._backend import resolve_backend
 from ...kernels.delta_rule import fused_recurrent_delta_rule
 from ...kernels._backend import BACKENDS
 from ..base import (
+    GATE_BIAS_INIT,
+    GateProjection,
     MixerSettings,
     RMSNorm,
     ShortConvolution,
@@ -46,7 +48,8 @@ class DeltaNetSettings(MixerSettings):
     use_short_conv: bool = True  # causal depthwise conv (+ SiLU) on q, k, v before the delta rule (paper: on)
     conv_size: int = 4  # its kernel length
     allow_neg_eigval: bool = False  # beta = 2 sigmoid(.) in (0, 2): I - beta k k^T may have negative eigenvalues
-    use_output_gate: bool = True  # per-head output RMSNorm(o) * silu(W_g x); False: RMSNorm(o) only
+    use_output_gate: bool = True  # per-head output RMSNorm(o) * silu(W_g x + b); False: RMSNorm(o) only
+    gate_bias_init: float = GATE_BIAS_INIT  # b at init: 1.28 (silu = 1) starts the gate open at every width
     kernel_backend: str = "auto"  # seqzoo.kernels.delta_rule backend: auto | triton | torch | reference
     recurrent_max_len: int = 64  # with Triton and no gradients, inputs up to this length use the recurrent kernel
 
@@ -79,7 +82,7 @@ class DeltaNetMixer(nn.Module):
             self.k_conv = ShortConvolution(inner, size, activation="silu")
             self.v_conv = ShortConvolution(inner, size, activation="silu")
         if self.use_output_gate:
-            self.g_proj = nn.Linear(hidden, inner, bias=False)
+            self.g_proj = GateProjection(hidden, inner, settings.gate_bias_init)
         self.o_norm = RMSNorm(self.head_dim, eps=config.norm_eps)
         self.o_proj = nn.Linear(inner, hidden, bias=False)
 

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from ...kernels import block_attention, linear_attention
 from ..base import (
+    GATE_BIAS_INIT,
+    GateProjection,
     MixerSettings,
     RMSNorm,
     RotaryEmbedding,
@@ -40,7 +42,8 @@ DIAG_ACTIVATIONS = ("softmax", "relu")
 class NormAttentionSettings(MixerSettings):
     feature_map: str = "1+elu"  # phi on q and k: "elu" (T1), "1+elu" (T2) or "identity"
     use_decay: bool = False  # TransNormerLLM: S_t = lambda_h S_{t-1} + k_t v_t^T with fixed, depth-scaled lambda_h
-    use_output_gate: bool = False  # output RMSNorm(o) * silu(W_g x) (TransNormerLLM); False: RMSNorm(o)
+    use_output_gate: bool = False  # output RMSNorm(o) * silu(W_g x + b) (TransNormerLLM); False: RMSNorm(o)
+    gate_bias_init: float = GATE_BIAS_INIT  # b at init: 1.28 (silu = 1) starts the gate open at every width
     causal: bool = True  # False: bidirectional (classification); no generation then
 
     def validate(self, where: str) -> None:
@@ -94,7 +97,7 @@ class NormAttention(nn.Module):
         self.q_proj = nn.Linear(hidden, inner, bias=False)
         self.k_proj = nn.Linear(hidden, inner, bias=False)
         self.v_proj = nn.Linear(hidden, inner, bias=False)
-        self.g_proj = nn.Linear(hidden, inner, bias=False) if settings.use_output_gate else None
+        self.g_proj = GateProjection(hidden, inner, settings.gate_bias_init) if settings.use_output_gate else None
         self.out_norm = RMSNorm(inner, eps=config.norm_eps)  # the "Norm" in NormAttention
         self.o_proj = nn.Linear(inner, hidden, bias=False)
 
