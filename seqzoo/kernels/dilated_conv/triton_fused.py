@@ -265,12 +265,14 @@ def _geometry(L, K, base, device):
 
 
 def _programs(n_tiles: int, n_dblocks: int, device) -> int:
-    """Persistent grid size along time: enough programs to fill the GPU (~8 per SM over all channel blocks),
-    never more than there are tiles. The interpreter runs 2, so the loop over tiles is exercised."""
+    """Persistent grid size along time: enough programs to fill the GPU (~4 per SM over all channel blocks),
+    never more than there are tiles. Each program holds ``2·(BT + halo)·BD`` fp32 of scratch (~2 MB at the
+    tcnca defaults), so this also caps the scratch (~1 GB on 132 SMs). The interpreter runs 2 programs, so
+    the loop over tiles is exercised in the tests."""
     if interpreter_active() or device.type != "cuda":
         cap = 2
     else:
-        cap = max(1, 8 * torch.cuda.get_device_properties(device).multi_processor_count // n_dblocks)
+        cap = max(1, 4 * torch.cuda.get_device_properties(device).multi_processor_count // n_dblocks)
     return max(1, min(n_tiles, cap))
 
 
