@@ -199,9 +199,11 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-def autotune_configs(grid: dict[str, Sequence[int]], num_warps: Sequence[int], num_stages: Sequence[int]):
+def autotune_configs(grid: dict[str, Sequence[int]], num_warps: Sequence[int], num_stages: Sequence[int],
+                     *, skip=None):
     """A small product of ``triton.Config``s. Under the interpreter only the first one is returned, since
-    timing configs there is meaningless and slow. Keep grids tiny: compile time is a user cost."""
+    timing configs there is meaningless and slow. Keep grids tiny: compile time is a user cost.
+    ``skip(meta, num_warps, num_stages) -> bool`` drops configs (e.g. ones the compile report shows spilling)."""
     import itertools
 
     import triton
@@ -211,7 +213,32 @@ def autotune_configs(grid: dict[str, Sequence[int]], num_warps: Sequence[int], n
     for values in itertools.product(*(grid[k] for k in keys)):
         for w in num_warps:
             for s in num_stages:
-                configs.append(triton.Config(dict(zip(keys, values)), num_warps=w, num_stages=s))
+                meta = dict(zip(keys, values))
+                if skip is not None and skip(meta, w, s):
+                    continue
+                configs.append(triton.Config(meta, num_warps=w, num_stages=s))
     if interpreter_active():
         configs = configs[:1]
     return configs
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def hopper_prune(allowed_warps: Sequence[int]):
+    """An ``early_config_prune`` for ``triton.autotune(prune_configs_by=...)``: on sm_90 (H100/H200) keep only
+    the configs with ``num_warps`` in ``allowed_warps`` (patterns Triton 3.6-3.7 miscompiles there; see the
+    kernel READMEs). Other GPUs keep every config. ``prune.hopper_warps`` tells the compile report."""
+    allowed = tuple(allowed_warps)
+
+    def prune(configs, nargs, **kwargs):
+        dev = next((t.device for t in nargs.values() if isinstance(t, torch.Tensor) and t.is_cuda), None)
+        if dev is None or _capability(dev.index if dev.index is not None else 0)[0] != 9:
+            return configs
+        kept = [c for c in configs if c.num_warps in allowed]
+        return kept or configs
+
+    prune.hopper_warps = allowed
+    return prune

@@ -26,7 +26,8 @@ def _reference(inputs, go, **kw):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("T,D,DV,w", [(1, 16, 16, 64), (63, 60, 40, 16), (100, 32, 32, 64), (100, 20, 24, 24)])
+@pytest.mark.parametrize("T,D,DV,w", [(1, 16, 16, 64), (63, 60, 40, 16), (100, 32, 32, 64), (100, 20, 24, 24),
+                                     (100, 72, 130, 64)])  # D > 64: the backward runs 32-row tiles
 @pytest.mark.parametrize("activation", ["softmax", "relu"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_matches_reference(backend, T, D, DV, w, activation, causal, device, triton_device, nan_empty):
@@ -38,6 +39,19 @@ def test_matches_reference(backend, T, D, DV, w, activation, causal, device, tri
     out, grads = forward_backward(block_attention, inputs, [go], backend=backend, **kw)
     ref_out, ref_grads = _reference(inputs, go, **kw)
     assert_all_close(f"{backend} T={T} w={w} {activation} causal={causal}", out, ref_out, grads, ref_grads, 1e-5)
+
+
+@pytest.mark.triton
+def test_varlen_large_head_dim_backward_tiles(triton_device, nan_empty):
+    """Packed sequences with D > 64, where the backward uses its own (32-row) tile table."""
+    cu = torch.tensor([0, 37, 37, 150], dtype=torch.int32)
+    inputs = _inputs(1, 150, 2, 80, 72, torch.float32, triton_device)
+    go = torch.randn(1, 150, 2, 72, device=triton_device)
+    kw = dict(block_size=48, causal=True, activation="softmax")
+    out, grads = forward_backward(block_attention, inputs, [go], backend="triton", cu_seqlens=cu.to(triton_device),
+                                  cu_seqlens_cpu=cu, **kw)
+    ref_out, ref_grads = _reference(inputs, go, cu_seqlens=cu, **kw)
+    assert_all_close("varlen D=80", out, ref_out, grads, ref_grads, 1e-5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -31,6 +31,16 @@ _CFG = dict(grid={}, num_warps=[4, 8], num_stages=[2])
 _KEY = ["H", "D", "DV", "BM", "BD", "BDV", "CAUSAL", "RELU"]
 
 
+def _prune(configs, nargs, **kw):
+    """Head dims of 128 and more: 4 warps spill (compile report, sm_90); keep 8."""
+    if max(kw.get("BD", 0), kw.get("BDV", 0)) >= 128:
+        return [c for c in configs if c.num_warps != 4] or configs
+    return configs
+
+
+_PRUNE = {"early_config_prune": _prune}
+
+
 def _tile(w: int) -> int:
     return max(16, min(64, next_power_of_2(w)))
 
@@ -45,7 +55,7 @@ def _scores(b_q, b_k, r_q, r_k, n_len, w, scale, CAUSAL: tl.constexpr):
     return b_s, vis
 
 
-@triton.autotune(configs=autotune_configs(**_CFG), key=_KEY)
+@triton.autotune(configs=autotune_configs(**_CFG), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _fwd(q, k, v, o, lse, cu, tab, scale, w, T,
          H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
@@ -109,7 +119,26 @@ def _probs_grad(b_q, b_k, b_v, b_do, b_lse, b_delta, r_q, r_k, n_len, w, scale,
     return b_p, b_ds
 
 
-@triton.autotune(configs=autotune_configs(**_CFG), key=_KEY)
+@triton.jit
+def _probs_grad_t(b_q, b_k, b_v, b_do, b_lse, b_delta, r_q, r_k, n_len, w, scale,
+                  CAUSAL: tl.constexpr, RELU: tl.constexpr):
+    """:func:`_probs_grad` transposed, a [BN(keys), BM(queries)] tile formed directly from K Q^T and V dO^T
+    (no ``tl.trans`` of a dot result, a pattern Triton miscompiles on Hopper; see README.md)."""
+    b_st = _dot(b_k, tl.trans(b_q)) * scale
+    vis = ((r_k[:, None] // w) == (r_q[None, :] // w)) & (r_k[:, None] < n_len) & (r_q[None, :] < n_len)
+    if CAUSAL:
+        vis = vis & (r_k[:, None] <= r_q[None, :])
+    b_dpt = _dot(b_v, tl.trans(b_do))
+    if RELU:
+        b_pt = tl.where(vis, tl.maximum(b_st, 0.0), 0.0)
+        b_dst = tl.where(vis & (b_st > 0.0), b_dpt, 0.0)
+    else:
+        b_pt = tl.where(vis, tl.exp(b_st - b_lse[None, :]), 0.0)
+        b_dst = b_pt * (b_dpt - b_delta[None, :])
+    return b_pt, b_dst
+
+
+@triton.autotune(configs=autotune_configs(**_CFG), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, cu, tab, scale, w, T,
              H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
@@ -144,16 +173,16 @@ def _bwd_dkv(q, k, v, do, lse, delta, dk, dv, cu, tab, scale, w, T,
         if not RELU:
             b_lse = tl.load(lse + (bos + r_q) * H + i_h, mask=m_q, other=0.0)
             b_delta = tl.load(delta + (bos + r_q) * H + i_h, mask=m_q, other=0.0)
-        b_p, b_ds = _probs_grad(b_q, b_k, b_v, b_do, b_lse, b_delta, r_q, r_k, n_len, w, scale, CAUSAL, RELU)
-        b_dv += _dot(tl.trans(b_p.to(b_do.dtype)), b_do)
-        b_dk += _dot(tl.trans(b_ds.to(b_q.dtype)), b_q)
+        b_pt, b_dst = _probs_grad_t(b_q, b_k, b_v, b_do, b_lse, b_delta, r_q, r_k, n_len, w, scale, CAUSAL, RELU)
+        b_dv += _dot(b_pt.to(b_do.dtype), b_do)
+        b_dk += _dot(b_dst.to(b_q.dtype), b_q)
     tl.store(dk + (bos + r_k[:, None]) * H * D + i_h * D + o_d[None, :], (b_dk * scale).to(dk.dtype.element_ty),
              mask=m_kd)
     tl.store(dv + (bos + r_k[:, None]) * H * DV + i_h * DV + o_dv[None, :], b_dv.to(dv.dtype.element_ty),
              mask=m_kdv)
 
 
-@triton.autotune(configs=autotune_configs(**_CFG), key=_KEY)
+@triton.autotune(configs=autotune_configs(**_CFG), key=_KEY, prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["T"])
 def _bwd_dq(q, k, v, do, lse, delta, dq, cu, tab, scale, w, T,
             H: tl.constexpr, D: tl.constexpr, DV: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr,
@@ -211,8 +240,19 @@ class _BlockAttention(torch.autograd.Function):
                     CAUSAL=causal, RELU=relu, IS_VARLEN=cu is not None)
         if n_tiles > 0:
             _fwd[(n_tiles, H)](q, k, v, o, lse, cu, tab, scale, w, t_arg, **meta)
-        ctx.save_for_backward(q, k, v, o, lse, cu, tab)
-        ctx.meta, ctx.scale, ctx.w, ctx.n_tiles, ctx.t_arg = meta, scale, w, n_tiles, t_arg
+        # the backward kernels hold two [BM, D] fp32 accumulators: 32-row tiles above D = 64 (no spills)
+        bm_bwd = 32 if BM > 32 and max(meta["BD"], meta["BDV"]) > 64 else BM
+        if bm_bwd != BM:
+            if cu is None:
+                tab_b, n_tiles_b = None, B * ceil_div(T, bm_bwd)
+            else:
+                _, tab_b, _ = varlen_chunk_tables(cu_seqlens, bm_bwd, cu_seqlens_cpu)
+                n_tiles_b = tab_b.shape[0]
+        else:
+            tab_b, n_tiles_b = tab, n_tiles
+        ctx.save_for_backward(q, k, v, o, lse, cu, tab_b)
+        ctx.meta = dict(meta, BM=bm_bwd)
+        ctx.scale, ctx.w, ctx.n_tiles, ctx.t_arg = scale, w, n_tiles_b, t_arg
         return o
 
     @staticmethod

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import autotune_configs, next_power_of_2
+from .._backend import autotune_configs, hopper_prune, next_power_of_2
 from .._triton_utils import chunk_span, dot_f32, seq_span
 from .._triton_utils import dot as _mm
 from .._chunk import ceil_div, varlen_chunk_tables
@@ -226,7 +226,7 @@ def _state_fwd_kernel(
     if USE_H0:
         b_h += tl.load(h0 + i_nh * K * V + p_state, mask=m_kv, other=0.0)
     for i_t in range(0, nt):
-        tl.store(h + ((c0 + i_t) * H + i_h) * K * V + p_state, b_h, mask=m_kv)  # S entering the chunk
+        tl.store(h + ((c0 + i_t) * H + i_h) * K * V + p_state, b_h.to(h.dtype.element_ty), mask=m_kv)  # S entering
         rows = bos + i_t * BT + o_t
         m_t = rows < eos
         b_w = tl.load(w + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
@@ -245,7 +245,8 @@ def _state_fwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"])
+@triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"],
+                 prune_configs_by={"early_config_prune": hopper_prune([4])})
 @triton.jit(do_not_specialize=["T"])
 def _output_fwd_kernel(
     q, k, vnew, h, o, scale, cu_seqlens, chunk_idx, T,
@@ -279,18 +280,51 @@ def _output_fwd_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
-# 4. backward through the chunk states (sequential, chunks in reverse)
+# 4. backward through the chunk states: the local part in parallel, then a sequential pass of 3 dots
 # ----------------------------------------------------------------------------------------------
 
 
-@triton.autotune(configs=autotune_configs({"BV": [32, 64]}, num_warps=[4], num_stages=[2, 3]), key=["K", "V", "BK"])
+@triton.autotune(configs=autotune_configs({}, num_warps=[4], num_stages=[2]), key=["K", "V", "BK", "BV"])
+@triton.jit(do_not_specialize=["T"])
+def _dv_local_kernel(
+    q, k, do, dvl, scale, cu_seqlens, chunk_idx, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """The state-independent part of dV_new: tril(Q K^T)^T dO (parallel over chunks, V tiles, heads)."""
+    i_c, i_v, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    _, t0, L = chunk_span(chunk_idx, cu_seqlens, i_c, BT, T, IS_VARLEN)
+    DT = k.dtype.element_ty
+    o_t = tl.arange(0, BT)
+    rows = t0 + o_t
+    m_t = o_t < L
+    b_s = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
+        b_s += _mm(b_k, tl.trans(b_q))  # (Q K^T)^T
+    b_s = tl.where(o_t[:, None] <= o_t[None, :], b_s * scale, 0.0).to(DT)  # tril(Q K^T)^T
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_tv = m_t[:, None] & (o_v < V)[None, :]
+    b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
+    tl.store(dvl + (rows[:, None] * H + i_h) * V + o_v[None, :], _mm(b_s, b_do).to(dvl.dtype.element_ty),
+             mask=m_tv)
+
+
+@triton.autotune(configs=autotune_configs({"BV": [32, 64]}, num_warps=[4], num_stages=[2, 3],
+                                         skip=lambda m, w, s: m["BV"] == 64 and s == 3),  # spills at K = 128
+                 key=["K", "V", "BK"])
 @triton.jit(do_not_specialize=["T"])
 def _state_bwd_kernel(
-    q, k, w, do, dht, dh, dvnew, dh0, scale, cu_seqlens, chunk_off, T,
+    q, k, w, do, dvl, dht, dh, dvnew, dh0, scale, cu_seqlens, chunk_off, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
+    """Chunks in reverse with dS' (the gradient of the state leaving the chunk) in fp32 registers:
+    dV_new = dV_local + K dS';  dS = dS' + Q^T dO - W^T dV_new. dS' and dV_new are stored in the input dtype."""
     i_nh, i_v = tl.program_id(0).to(tl.int64), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0 = seq_span(cu_seqlens, chunk_off, i_n, BT, T, IS_VARLEN)
@@ -309,67 +343,56 @@ def _state_bwd_kernel(
         b_dh += tl.load(dht + i_nh * K * V + p_state, mask=m_kv, other=0.0)
     for j in range(0, nt):
         i_t = nt - 1 - j
-        tl.store(dh + ((c0 + i_t) * H + i_h) * K * V + p_state, b_dh, mask=m_kv)
+        tl.store(dh + ((c0 + i_t) * H + i_h) * K * V + p_state, b_dh.to(dh.dtype.element_ty), mask=m_kv)
         rows = bos + i_t * BT + o_t
         m_t = rows < eos
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
+        b_du = tl.load(dvl + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0).to(tl.float32)
+        b_du += _mm(b_k, b_dh.to(DT))  # dV_new = dV_local + K dS'
+        tl.store(dvnew + (rows[:, None] * H + i_h) * V + o_v[None, :], b_du.to(dvnew.dtype.element_ty), mask=m_tv)
         b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
         b_q = (b_q.to(tl.float32) * scale).to(DT)
-        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
         b_w = tl.load(w + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
         b_do = tl.load(do + (rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0).to(DT)
-        b_s = _mm(b_q, tl.trans(b_k))
-        b_s = tl.where(o_t[:, None] >= o_t[None, :], b_s, 0.0)  # P = tril(Q K^T)
-        # dV_new = P^T dO + K dS'
-        b_du = _mm(tl.trans(b_s.to(DT)), b_do)
-        b_du += _mm(b_k, b_dh.to(DT))
-        tl.store(dvnew + (rows[:, None] * H + i_h) * V + o_v[None, :], b_du, mask=m_tv)
-        # dS = dS' + Q^T dO - W^T dV_new
-        b_dh += _mm(tl.trans(b_q), b_do)
+        b_dh += _mm(tl.trans(b_q), b_do)  # dS = dS' + Q^T dO - W^T dV_new
         b_dh -= _mm(tl.trans(b_w), b_du.to(DT))
     if STORE_DH0:
         tl.store(dh0 + i_nh * K * V + p_state, b_dh, mask=m_kv)
 
 
 # ----------------------------------------------------------------------------------------------
-# 5. gradients of q, k, v, beta (parallel over chunks)
+# 5. gradients of q, k, v, beta (parallel over chunks), in two kernels that fit in registers
 # ----------------------------------------------------------------------------------------------
 
 
 @triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"])
 @triton.jit(do_not_specialize=["T"])
-def _grads_bwd_kernel(
-    q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta, scale, cu_seqlens, chunk_idx, T,
+def _dqkw_bwd_kernel(
+    q, k, h, vnew, do, dh, dvnew, dq, dk, dw, scale, cu_seqlens, chunk_idx, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    """Per (chunk, K tile, head), looping over V tiles: dq (final), the state part of dk, and
+    dW = -dV_new S^T. With P = tril(Q K^T): dq = scale (dO S^T + mask(dO V_new^T) K),
+    dk_state = V_new dS'^T + mask(dO V_new^T)^T Q scale."""
+    i_c, i_k, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     _, t0, L = chunk_span(chunk_idx, cu_seqlens, i_c, BT, T, IS_VARLEN)
     DT = k.dtype.element_ty
-
     o_t = tl.arange(0, BT)
     rows = t0 + o_t
     m_t = o_t < L
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
-    causal = o_t[:, None] >= o_t[None, :]
-    base_h = i_c.to(tl.int64) * H * K * V + i_h * K * V
-
-    b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
-    b_q = (b_q.to(tl.float32) * scale).to(DT)
-    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
-    b_b = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    b_a = tl.load(ainv + (rows[:, None] * H + i_h) * BT + o_t[None, :], mask=m_t[:, None], other=0.0)
-    b_at = tl.trans(b_a).to(DT)  # Ainv^T
+    base_h = (i_c.to(tl.int64) * H + i_h) * K * V
 
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # dO S^T
-    b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # V_new dS'^T (+ more below)
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # dW = -dV_new S^T
-    b_dp = tl.zeros([BT, BT], dtype=tl.float32)  # dO V_new^T (masked later)
-    b_dt = tl.zeros([BT, BT], dtype=tl.float32)  # dAinv = dU (diag(b) V)^T + dW (diag(b) K)^T
-    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)  # V_new dS'^T
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # -dV_new S^T
+    b_dp = tl.zeros([BT, BT], dtype=tl.float32)  # dO V_new^T (masked below)
+    b_dpt = tl.zeros([BT, BT], dtype=tl.float32)  # its transpose, accumulated directly (see README: Hopper)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -381,41 +404,91 @@ def _grads_bwd_kernel(
         b_vn = tl.load(vnew + p_tv, mask=m_tv, other=0.0).to(DT)
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(DT)
         b_du = tl.load(dvnew + p_tv, mask=m_tv, other=0.0).to(DT)
-        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-
         b_dq += _mm(b_do, tl.trans(b_h))
         b_dp += _mm(b_do, tl.trans(b_vn))
+        b_dpt += _mm(b_vn, tl.trans(b_do))
         b_dk += _mm(b_vn, tl.trans(b_dh))
         b_dw -= _mm(b_du, tl.trans(b_h))
+    b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+    b_q = (b_q.to(tl.float32) * scale).to(DT)
+    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0).to(DT)
+    b_dp = tl.where(o_t[:, None] >= o_t[None, :], b_dp, 0.0).to(DT)
+    b_dpt = tl.where(o_t[:, None] <= o_t[None, :], b_dpt, 0.0).to(DT)
+    b_dq += _mm(b_dp, b_k)
+    b_dk += _mm(b_dpt, b_q)
+    p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
+    tl.store(dq + p_tk, (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    tl.store(dw + p_tk, b_dw.to(dw.dtype.element_ty), mask=m_tk)
+
+
+@triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"],
+                 prune_configs_by={"early_config_prune": hopper_prune([8])})
+@triton.jit(do_not_specialize=["T"])
+def _wy_bwd_kernel(
+    k, v, beta, ainv, dw, dvnew, dk, dv, dbeta, cu_seqlens, chunk_idx, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+):
+    """Back through W = Ainv diag(b) K, U = Ainv diag(b) V and Ainv = (I + A)^{-1}, A = strict_tril(diag(b) K K^T),
+    per (chunk, head), K and V in tiles: dv, dbeta, and dk (added to the state part ``dk`` holds)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    _, t0, L = chunk_span(chunk_idx, cu_seqlens, i_c, BT, T, IS_VARLEN)
+    DT = k.dtype.element_ty
+    o_t = tl.arange(0, BT)
+    rows = t0 + o_t
+    m_t = o_t < L
+    b_b = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    b_a = tl.load(ainv + (rows[:, None] * H + i_h) * BT + o_t[None, :], mask=m_t[:, None], other=0.0).to(DT)
+    b_at = tl.trans(b_a)  # Ainv^T (a transposed load, not a transposed dot result)
+    b_dt = tl.zeros([BT, BT], dtype=tl.float32)  # dAinv = dU (diag(b) V)^T + dW (diag(b) K)^T
+    b_dtt = tl.zeros([BT, BT], dtype=tl.float32)  # dAinv^T, accumulated directly (no tl.trans of a dot result)
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)  # K K^T
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_du = tl.load(dvnew + p_tv, mask=m_tv, other=0.0).to(DT)
         b_vb = (b_v * b_b[:, None]).to(DT)
         b_dt += _mm(b_du, tl.trans(b_vb))
+        b_dtt += _mm(b_vb, tl.trans(b_du))
         b_dvb = _mm(b_at, b_du)  # d(diag(b) V) = Ainv^T dU
         tl.store(dv + p_tv, (b_dvb * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dvb * b_v, 1)
-
-    b_dp = tl.where(causal, b_dp, 0.0)
-    b_dq += _mm(b_dp.to(DT), b_k)
-    b_dk += _mm(tl.trans(b_dp.to(DT)), b_q)
-    b_dkb = _mm(b_at, b_dw.to(DT))  # d(diag(b) K) = Ainv^T dW
-    b_kf = b_k.to(tl.float32)
-    b_dk += b_dkb * b_b[:, None]
-    b_db += tl.sum(b_dkb * b_kf, 1)
-    b_kb = (b_kf * b_b[:, None]).to(DT)
-    b_dt += _mm(b_dw.to(DT), tl.trans(b_kb))
-    # Ainv = (I + A)^{-1}  =>  dA = -Ainv^T dAinv Ainv^T, only the strictly lower part is a function of K, b
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(DT)
+        b_dw = tl.load(dw + p_tk, mask=m_tk, other=0.0).to(DT)
+        b_kk += _mm(b_k, tl.trans(b_k))
+        b_kb = (b_k.to(tl.float32) * b_b[:, None]).to(DT)
+        b_dt += _mm(b_dw, tl.trans(b_kb))
+        b_dtt += _mm(b_kb, tl.trans(b_dw))
+        b_dkb = _mm(b_at, b_dw)  # d(diag(b) K) = Ainv^T dW
+        b_db += tl.sum(b_dkb * b_k.to(tl.float32), 1)
+    # Ainv = (I + A)^{-1}  =>  dA = -Ainv^T dAinv Ainv^T; only the strictly lower part is a function of K, b
     b_da = _mm(b_at, b_dt.to(DT))
     b_da = -_mm(b_da.to(DT), b_at)
     b_da = tl.where(o_t[:, None] > o_t[None, :], b_da, 0.0)
-    # A = strict_tril(diag(b) K K^T)
-    b_kk = _mm(b_k, tl.trans(b_k))
+    b_dat = -_mm(_mm(b_a, b_dtt.to(DT)).to(DT), b_a)  # dA^T = -Ainv dAinv^T Ainv
+    b_dat = tl.where(o_t[:, None] < o_t[None, :], b_dat, 0.0)
     b_db += tl.sum(b_da * b_kk, 1)
-    b_bda = (b_da * b_b[:, None]).to(DT)
-    b_dk += _mm(b_bda, b_k)
-    b_dk += _mm(tl.trans(b_bda), b_k)
-
-    tl.store(dq + (rows[:, None] * H + i_h) * K + o_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=m_tk)
-    tl.store(dk + (rows[:, None] * H + i_h) * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    b_bda = (b_da * b_b[:, None]).to(DT)  # diag(b) dA
+    b_bdat = (b_dat * b_b[None, :]).to(DT)  # (diag(b) dA)^T
     tl.store(dbeta + rows * H + i_h, b_db.to(dbeta.dtype.element_ty), mask=m_t)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(DT)
+        b_dw = tl.load(dw + p_tk, mask=m_tk, other=0.0).to(DT)
+        b_dk = tl.load(dk + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_dk += _mm(b_at, b_dw) * b_b[:, None]  # diag(b) d(diag(b) K)
+        b_dk += _mm(b_bda, b_k) + _mm(b_bdat, b_k)  # A = strict_tril(diag(b) K K^T)
+        tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,12 +545,12 @@ def _wy_apply(k, v, beta, ainv, lay):
 
 
 def _state_fwd(k, w, u, h0, lay, store_ht):
-    """-> h [NC, H, K, V] fp32 (state entering each chunk), V_new [T, H, V], final state [N, H, K, V] fp32."""
+    """-> h [NC, H, K, V] (state entering each chunk, input dtype), V_new [T, H, V], final state [N, H, K, V] fp32."""
     T, H, K = k.shape
     V = u.shape[-1]
     N = lay.N
     BK = _block(K)
-    h = k.new_empty(lay.NC, H, K, V, dtype=torch.float32)
+    h = k.new_empty(lay.NC, H, K, V)  # input dtype; the running state stays fp32 in registers
     vnew = torch.empty_like(u)
     ht = k.new_empty(N, H, K, V, dtype=torch.float32) if store_ht else None
 
@@ -500,31 +573,40 @@ def _output_fwd(q, k, vnew, h, scale, lay):
 
 
 def _state_bwd(q, k, w, do, dht, scale, lay, store_dh0):
-    """-> dh [NC, H, K, V] fp32 (grad of the state leaving each chunk), dV_new [T, H, V] fp32, dh0."""
+    """-> dh [NC, H, K, V] (grad of the state leaving each chunk) and dV_new [T, H, V], both in the input
+    dtype, and dh0 [N, H, K, V] fp32."""
     T, H, K = q.shape
     V = do.shape[-1]
     N = lay.N
-    BK = _block(K)
-    dh = q.new_empty(lay.NC, H, K, V, dtype=torch.float32)
-    dvnew = q.new_empty(T, H, V, dtype=torch.float32)
+    _, _, BK, BV = _dims(k, do)
+    dvl = torch.empty_like(do, dtype=q.dtype)
+    _dv_local_kernel[(lay.NC, triton.cdiv(V, BV), H)](q, k, do, dvl, scale, **lay.chunk_args(),
+                                                       H=H, K=K, V=V, BT=lay.bt, BK=min(BK, 64), BV=BV)
+    dh = q.new_empty(lay.NC, H, K, V)
+    dvnew = torch.empty_like(dvl)
     dh0 = q.new_empty(N, H, K, V, dtype=torch.float32) if store_dh0 else None
 
     def grid(meta):
         return (N * H, triton.cdiv(V, meta["BV"]))
 
-    _state_bwd_kernel[grid](q, k, w, do, dht, dh, dvnew, dh0, scale, **lay.seq_args(),
+    _state_bwd_kernel[grid](q, k, w, do, dvl, dht, dh, dvnew, dh0, scale, **lay.seq_args(),
                             H=H, K=K, V=V, BT=lay.bt, BK=BK, USE_DHT=dht is not None, STORE_DH0=store_dh0)
     return dh, dvnew, dh0
 
 
 def _grads_bwd(q, k, v, beta, ainv, h, vnew, do, dh, dvnew, scale, lay):
+    """dq, dk, dv, dbeta in two kernels: _dqkw_bwd (dq, the state part of dk, dW) then _wy_bwd."""
     T, H, K = q.shape
     V = v.shape[-1]
     _, _, BK, BV = _dims(k, v)
+    BKt = min(BK, 64)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dw = torch.empty_like(k)
     dbeta = torch.empty_like(beta)
-    _grads_bwd_kernel[(lay.NC, H)](q, k, v, beta, ainv, h, vnew, do, dh, dvnew, dq, dk, dv, dbeta,
-                                   scale, **lay.chunk_args(), H=H, K=K, V=V, BT=lay.bt, BK=BK, BV=BV)
+    _dqkw_bwd_kernel[(lay.NC, triton.cdiv(K, BKt), H)](q, k, h, vnew, do, dh, dvnew, dq, dk, dw, scale,
+                                                        **lay.chunk_args(), H=H, K=K, V=V, BT=lay.bt, BK=BKt, BV=BV)
+    _wy_bwd_kernel[(lay.NC, H)](k, v, beta, ainv, dw, dvnew, dk, dv, dbeta, **lay.chunk_args(),
+                                H=H, K=K, V=V, BT=lay.bt, BK=BKt, BV=BV)
     return dq, dk, dv, dbeta
 
 

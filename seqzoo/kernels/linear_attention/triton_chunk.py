@@ -169,6 +169,7 @@ def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab, T,
     m_t = o_t < L
     o_k = i_k * BK + tl.arange(0, BK)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dAt = tl.zeros([BT, BT], dtype=tl.float32)  # transpose accumulated directly: no tl.trans of a dot result
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
@@ -181,6 +182,7 @@ def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab, T,
         b_h = tl.load(h + p_state, mask=m_kv, other=0.0).to(b_do.dtype)  # state entering the chunk
         b_dh = tl.load(dh + p_state, mask=m_kv, other=0.0).to(b_v.dtype)  # grad of the state leaving it
         b_dA += _dot(b_do, tl.trans(b_v))
+        b_dAt += _dot(b_v, tl.trans(b_do))
         b_dq += _dot(b_do, tl.trans(b_h))
         b_dk += _dot(b_v, tl.trans(b_dh))
     m_tk = m_t[:, None] & (o_k[None, :] < K)
@@ -193,8 +195,9 @@ def _bwd_dqk(q, k, v, g, h, do, dh, dq, dk, scale, cu, chunk_tab, T,
         k_dec = tl.where(m_t, tl.exp(b_g * (L - 1 - o_t).to(tl.float32)), 0.0)
         b_dk = b_dk * k_dec[:, None]
     b_dA = (b_dA * scale * _decay_mask(b_g, o_t, HAS_DECAY)).to(b_q.dtype)
+    b_dAt = (b_dAt * scale * tl.trans(_decay_mask(b_g, o_t, HAS_DECAY))).to(b_q.dtype)
     b_dq = b_dq * scale + _dot(b_dA, b_k)
-    b_dk += _dot(tl.trans(b_dA), b_q)
+    b_dk += _dot(b_dAt, b_q)
     p_out = (t0 + o_t[:, None]) * H * K + i_h * K + o_k[None, :]
     tl.store(dq + p_out, b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + p_out, b_dk.to(dk.dtype.element_ty), mask=m_tk)
@@ -219,7 +222,7 @@ def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab, T,
         b_k = tl.load(k + (t0 + o_t[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
         b_dh = tl.load(dh + i_c * H * K * V + i_h * K * V + o_k[:, None] * V + o_v[None, :],
                        mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0).to(b_k.dtype)
-        b_A += _dot(b_q, tl.trans(b_k))
+        b_A += _dot(b_k, tl.trans(b_q))  # (Q K^T)^T, formed directly
         b_dv += _dot(b_k, b_dh)
     b_g = 0.0
     if HAS_DECAY:
@@ -228,8 +231,8 @@ def _bwd_dv(q, k, g, do, dh, dv, scale, cu, chunk_tab, T,
         b_dv = b_dv * k_dec[:, None]
     m_tv = m_t[:, None] & (o_v[None, :] < V)
     b_do = tl.load(do + (t0 + o_t[:, None]) * H * V + i_h * V + o_v[None, :], mask=m_tv, other=0.0)
-    b_A = (b_A * scale * _decay_mask(b_g, o_t, HAS_DECAY)).to(b_do.dtype)
-    b_dv += _dot(tl.trans(b_A), b_do)
+    b_A = (b_A * scale * tl.trans(_decay_mask(b_g, o_t, HAS_DECAY))).to(b_do.dtype)
+    b_dv += _dot(b_A, b_do)
     tl.store(dv + (t0 + o_t[:, None]) * H * V + i_h * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 

@@ -21,7 +21,7 @@ from .._backend import autotune_configs, next_power_of_2
 from .._triton_utils import seq_span
 
 
-@triton.autotune(configs=autotune_configs(grid={}, num_warps=[1, 4], num_stages=[1]),
+@triton.autotune(configs=autotune_configs(grid={}, num_warps=[4], num_stages=[1]),  # 1 warp spills at D = 128
                  key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
 @triton.jit(do_not_specialize=["T"])
 def _fwd_recurrent(q, k, v, g, o, h0, ht, scale, cu, T,
@@ -76,7 +76,7 @@ def linear_attention_recurrent(q, k, v, g, scale, h0, output_final_state, cu_seq
     return o, ht
 
 
-@triton.autotune(configs=autotune_configs(grid={}, num_warps=[1, 4], num_stages=[1]),
+@triton.autotune(configs=autotune_configs(grid={}, num_warps=[4], num_stages=[1]),  # 1 warp spills at D = 128
                  key=["H", "K", "V", "BK", "BV", "HAS_DECAY"])
 @triton.jit(do_not_specialize=["T"])
 def _bwd_recurrent(q, k, v, g, do, h0, dht, dq, dk, dv_part, dh0, scale, cu, T,
