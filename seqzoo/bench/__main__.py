@@ -40,10 +40,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m seqzoo.bench {op}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default=None, help="also write the rows and the environment to this file")
+    parser.add_argument("--jsonl", default=None,
+                        help="append each row to this JSON-lines file as soon as it is measured (benches that call "
+                             "common.emit; the others' rows are appended when the op finishes)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one call per timing (and tiny shapes where the bench knows them): checks the command")
     mod.add_arguments(parser)
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
-    rows = [common.finish_row(r, args.device) for r in mod.run(args)]
+    common.SMOKE = args.smoke
+    common.set_sink(args.jsonl, op, args.device)
+    rows = [common.emit(common.finish_row(r, args.device)) for r in mod.run(args)]
     env = common.environment(args.device)
     title = f"{op} on {env.get('gpu', env.get('cpu', str(args.device)))}, {date.today().isoformat()}"
     common.print_table(title, rows)

@@ -27,13 +27,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> list[dict]:
+    from . import common
     from .common import time_fn
 
     dev = args.device
     dtype = getattr(torch, args.dtype)
     if dev.type == "cpu" and dtype != torch.float32:
         dtype = torch.float32
-    shapes = args.shapes or (DEFAULT_GPU_SHAPES if dev.type == "cuda" else DEFAULT_CPU_SHAPES)
+    shapes = args.shapes or (DEFAULT_GPU_SHAPES if dev.type == "cuda" else (["1x64"] if common.SMOKE else DEFAULT_CPU_SHAPES))
     H, D, w = args.heads, args.dim, args.block_size
     backends = ["triton", "torch"] if dev.type == "cuda" else ["torch"]
     rows = []
@@ -74,9 +75,10 @@ def run(args) -> list[dict]:
                                  "note": f"failed: {type(e).__name__}: {str(e)[:100]}"})
                     continue
                 timings[(name, pass_)] = ms
-                rows.append({"impl": name, "shape": label, "pass": pass_, "ms": ms, "tokens": B * T,
+                rows.append(common.emit({"impl": name, "shape": label, "pass": pass_, "ms": ms,
+                                         "first call s": common.LAST_FIRST_CALL_S, "tokens": B * T,
                              "flops": flops * (1.0 if pass_ == "fwd" else 3.5),
-                             "bytes": io_fwd if pass_ == "fwd" else io_bwd})
+                             "bytes": io_fwd if pass_ == "fwd" else io_bwd}))
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
         for r in rows:

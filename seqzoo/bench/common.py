@@ -35,14 +35,70 @@ def device_peaks(device: torch.device) -> tuple[float, float] | None:
     return None
 
 
+# Set by ``python -m seqzoo.bench OP --jsonl PATH [--smoke]`` (see __main__.py).
+SMOKE = False  # one call per timing, for a CPU dry run of the command lines
+LAST_FIRST_CALL_S = float("nan")  # seconds of the first call of the last timed function (compile + autotune)
+_SINK: dict = {}  # {"path", "op", "device"} when rows stream to a JSON-lines file
+_EMITTED: set = set()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def first_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Run ``fn`` once and return its wall seconds (for a new shape: Triton compile + autotune + one run)."""
+    global LAST_FIRST_CALL_S
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    LAST_FIRST_CALL_S = time.perf_counter() - t0
+    return LAST_FIRST_CALL_S
+
+
+def set_sink(path: str | None, op: str, device: torch.device) -> None:
+    _SINK.clear()
+    if path:
+        _SINK.update(path=path, op=op, device=device)
+
+
+def _append_jsonl(record: dict) -> None:
+    if not _SINK:
+        return
+    with open(_SINK["path"], "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+        f.flush()
+
+
+def emit(row: dict) -> dict:
+    """Write a finished row to the JSON-lines sink now (a bench killed later keeps it). Idempotent per row."""
+    if _SINK and id(row) not in _EMITTED:
+        finish_row(row, _SINK["device"])
+        _EMITTED.add(id(row))
+        _append_jsonl({"op": _SINK["op"], "kind": "row", **row})
+    return row
+
+
 def time_fn(fn: Callable[[], object], device: torch.device, *, warmup_ms: float = 50, rep_ms: float = 200,
             min_reps: int = 3) -> float:
-    """Median milliseconds per call. CUDA: ``triton.testing.do_bench`` (flushes L2, syncs); CPU: wall clock."""
+    """Median milliseconds per call. CUDA: ``triton.testing.do_bench`` (flushes L2, syncs); CPU: wall clock.
+    The first call is timed on its own (``LAST_FIRST_CALL_S``: compile + autotune for a new shape) and, with a
+    sink, recorded as a ``timing`` line so that a bench killed mid-way leaves its measurements."""
+    first = first_call(fn, device)
+    if SMOKE:
+        return first * 1000.0
+    ms = _time(fn, device, warmup_ms, rep_ms, min_reps)
+    _append_jsonl({"op": _SINK.get("op"), "kind": "timing", "ms": ms, "first call s": first})
+    return ms
+
+
+def _time(fn, device, warmup_ms, rep_ms, min_reps) -> float:
     if device.type == "cuda":
         import triton.testing
 
         return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
-    fn()  # warm up (first-call allocations)
     times = []
     budget = rep_ms / 1000.0
     start = time.perf_counter()
@@ -85,7 +141,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-COLUMNS = ["impl", "shape", "pass", "ms", "tok/s", "TFLOP/s", "GB/s", "floor ms", "% roofline", "note"]
+COLUMNS = ["impl", "shape", "pass", "ms", "tok/s", "TFLOP/s", "GB/s", "floor ms", "% roofline", "first call s",
+           "note"]
 
 
 def print_table(title: str, rows: list[dict]) -> str:

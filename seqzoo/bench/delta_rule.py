@@ -114,7 +114,7 @@ def run(args) -> list[dict]:
     on_gpu = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = _shapes(args.shapes or (GPU_SHAPES if on_gpu else CPU_SHAPES))
+    shapes = _shapes(args.shapes or (GPU_SHAPES if on_gpu else ("1,64,2,16" if common.SMOKE else CPU_SHAPES)))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("bf16" if on_gpu else "fp32")]
     impls = (args.impls or ("triton,sdpa,fla" if on_gpu else "torch,reference")).split(",")
@@ -133,8 +133,8 @@ def run(args) -> list[dict]:
                         row["note"] = note
                         rows.append(row)
                         continue
-                    fn()  # compile / autotune outside the timing
-                    row["ms"] = common.time_fn(fn, device)
+                    row["ms"] = common.time_fn(fn, device)  # its first call (compile + autotune) apart
+                    row["first call s"] = common.LAST_FIRST_CALL_S
                 except torch.OutOfMemoryError:
                     row["note"] = "out of memory"
                     rows.append(row)
@@ -143,7 +143,7 @@ def run(args) -> list[dict]:
                 flops, nbytes = _estimates(B, T, H, D, torch.finfo(dtype).bits // 8, bwd, impl)
                 row.update(tokens=B * T, flops=flops, bytes=nbytes)
                 timed[impl] = row["ms"]
-                rows.append(row)
+                rows.append(common.emit(row))
             if "reference" in timed and "torch" in timed:
                 for r in rows:
                     if r["shape"] == shape and r["pass"] == p and r["impl"] == "torch":

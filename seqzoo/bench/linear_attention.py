@@ -46,13 +46,14 @@ def _lightning_decay(H: int, device) -> torch.Tensor:
 
 
 def run(args) -> list[dict]:
+    from . import common
     from .common import time_fn
 
     dev = args.device
     dtype = getattr(torch, args.dtype)
     if dev.type == "cpu" and dtype != torch.float32:
         dtype = torch.float32  # CPU matmuls in bf16 are slow emulation: measure the path users run
-    shapes = args.shapes or (DEFAULT_GPU_SHAPES if dev.type == "cuda" else DEFAULT_CPU_SHAPES)
+    shapes = args.shapes or (DEFAULT_GPU_SHAPES if dev.type == "cuda" else (["1x64"] if common.SMOKE else DEFAULT_CPU_SHAPES))
     H, D = args.heads, args.dim
     backend = "triton" if dev.type == "cuda" else "torch"
     fla_ops, fla_note = (None, "skipped (--no-fla)") if args.no_fla else _fla()
@@ -96,8 +97,9 @@ def run(args) -> list[dict]:
             try:
                 with torch.no_grad():
                     ms = time_fn(lambda: fn(*args_), dev)
-                rows.append({"impl": name, "shape": label, "pass": "fwd", "ms": ms, "tokens": tok,
-                             "flops": flops, "bytes": io_fwd})
+                rows.append(common.emit({"impl": name, "shape": label, "pass": "fwd", "ms": ms,
+                                         "first call s": common.LAST_FIRST_CALL_S, "tokens": tok,
+                             "flops": flops, "bytes": io_fwd}))
 
                 def fwd_bwd():
                     for x in leaves:
@@ -105,8 +107,9 @@ def run(args) -> list[dict]:
                     fn(*leaves).backward(g)
 
                 ms = time_fn(fwd_bwd, dev)
-                rows.append({"impl": name, "shape": label, "pass": "fwd+bwd", "ms": ms, "tokens": tok,
-                             "flops": (3.5 if is_sdpa else 3.0) * flops, "bytes": io_bwd})
+                rows.append(common.emit({"impl": name, "shape": label, "pass": "fwd+bwd", "ms": ms,
+                                         "first call s": common.LAST_FIRST_CALL_S, "tokens": tok,
+                             "flops": (3.5 if is_sdpa else 3.0) * flops, "bytes": io_bwd}))
             except Exception as e:  # e.g. out of memory, or a peer kernel refusing this GPU
                 rows.append({"impl": name, "shape": label, "pass": "fwd", "ms": float("nan"),
                              "note": f"failed: {type(e).__name__}: {str(e)[:100]}"})

@@ -15,11 +15,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> list[dict]:
+    from . import common
     from .common import time_fn
 
     dev = args.device
     dtype = getattr(torch, args.dtype) if dev.type == "cuda" else torch.float32
-    rows_list = args.rows or ([16384, 65536] if dev.type == "cuda" else [1024, 4096])
+    rows_list = args.rows or ([16384, 65536] if dev.type == "cuda" else ([64] if common.SMOKE else [1024, 4096]))
     impls = {"torch": lambda x, w: rms_norm(x, w, backend="torch"),
              "F.rms_norm": lambda x, w: F.rms_norm(x, (x.shape[-1],), w, 1e-6)}
     if dev.type == "cuda":
@@ -32,14 +33,15 @@ def run(args) -> list[dict]:
         nbytes_fwd = 2 * x.numel() * x.element_size()
         for name, fn in impls.items():
             ms = time_fn(lambda: fn(x, w), dev)
-            rows.append(dict(impl=name, shape=f"{M}x{args.dim} {str(dtype)[6:]}", **{"pass": "fwd"}, ms=ms,
-                             tokens=M, bytes=nbytes_fwd))
+            rows.append(common.emit(dict(impl=name, shape=f"{M}x{args.dim} {str(dtype)[6:]}", **{"pass": "fwd"},
+                                         ms=ms, tokens=M, bytes=nbytes_fwd, **{"first call s": common.LAST_FIRST_CALL_S})))
 
             def fwd_bwd():
                 x.grad = w.grad = None
                 fn(x, w).backward(dy)
 
             ms = time_fn(fwd_bwd, dev)
-            rows.append(dict(impl=name, shape=f"{M}x{args.dim} {str(dtype)[6:]}", **{"pass": "fwd+bwd"}, ms=ms,
-                             tokens=M, bytes=nbytes_fwd * 3))
+            rows.append(common.emit(dict(impl=name, shape=f"{M}x{args.dim} {str(dtype)[6:]}", **{"pass": "fwd+bwd"},
+                                         ms=ms, tokens=M, bytes=nbytes_fwd * 3,
+                                         **{"first call s": common.LAST_FIRST_CALL_S})))
     return rows
