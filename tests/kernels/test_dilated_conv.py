@@ -195,6 +195,7 @@ def test_bad_inputs_name_the_argument():
         dilated_conv_step(x[:, 0], w, None, torch.zeros(2, 4, 6), -1)
 
 
+@pytest.mark.slow
 def test_dilated_conv_kernels_compile_for_hopper():
     """Without a GPU: compile the fused forward and backward kernels for sm_90 (H100/H200)."""
     import os
