@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ...common import ConfigError
 from ..base import Task
-from ..heads import Head, HeadOutput, _pad, register_head
+from ..heads import Head, HeadOutput, register_head
 from . import image as image_data
 from . import listops as listops_data
 from . import pathfinder as pf
@@ -42,6 +42,17 @@ def _positive(settings, *names) -> None:
         v = getattr(settings, n)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"task.{n}: expected a positive integer, got {v!r}")
+
+
+def _pad(seqs: list[torch.Tensor], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad 1-D tensors to the longest: ``(ids [B, T], mask [B, T])``."""
+    length = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), length), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, : len(x)] = x
+        mask[i, : len(x)] = 1
+    return ids, mask
 
 
 def _dataset(columns: dict, fixed_length: int | None = None):

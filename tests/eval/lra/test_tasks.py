@@ -53,7 +53,7 @@ def _run(task, split="train", batch=4):
     out = task.step(model, batch)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    return ds, batch, task.finalize(out.sums)
+    return ds, batch, task.finalize({k: v.detach() for k, v in out.sums.items()})
 
 
 def test_listops_task_generated_and_released(tmp_path):
