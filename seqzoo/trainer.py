@@ -345,7 +345,8 @@ def plot_curves(records: list[dict], path: Path, title: str) -> None:
     valid = [r for r in records if r.get("type") == "eval" and r.get("split") == "valid"]
     test = [r for r in records if r.get("type") == "eval" and r.get("split") == "test"]
     metric_keys = sorted({k for r in valid + test for k in r if k not in ("type", "split", "step", "loss",
-                                                                          "num_targets", "elapsed_s")})
+                                                                          "num_targets", "elapsed_s")
+                          and "/" not in k})  # per-layer diagnostics ("name/layer_i") stay in the JSON
     ncols = 1 + len(metric_keys)
     fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.6), squeeze=False)
     ax = axes[0][0]
@@ -579,7 +580,7 @@ class StepLoop:
                     self.metrics.write({"type": "eval", "split": "valid", "step": state.step, **valid})
                     if acc.is_main_process:
                         bar.write(f"step {state.step}: valid " + ", ".join(
-                            f"{k} {v:.4f}" for k, v in valid.items() if isinstance(v, float)))
+                            f"{k} {v:.4f}" for k, v in valid.items() if isinstance(v, float) and "/" not in k))
                 if (self.checkpointer is not None and tc.checkpoint_every and state.step % tc.checkpoint_every == 0
                         and state.step < tc.max_steps):
                     self.checkpointer.save(state)

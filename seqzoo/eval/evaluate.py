@@ -59,6 +59,7 @@ def evaluate(model: torch.nn.Module, task: Task, loader: DataLoader, *, device: 
         device = next(model.parameters()).device
     total = None
     carry = None
+    diagnostics: dict[str, float] = {}
     it = loader
     if progress:
         from tqdm.auto import tqdm
@@ -76,6 +77,9 @@ def evaluate(model: torch.nn.Module, task: Task, loader: DataLoader, *, device: 
                 out = task.step(model, batch, loss=False, metrics=True, carry=carry)
             carry = out.carry
             total = task.add_sums(total, out.sums)
+            if i == 0:
+                with ctx:
+                    diagnostics = model_diagnostics(model, batch)
     finally:
         model.train(was_training)
     if total is None:  # this process had no examples (more processes than examples)
@@ -85,4 +89,17 @@ def evaluate(model: torch.nn.Module, task: Task, loader: DataLoader, *, device: 
         keys = sorted(total)
         stacked = reduce(torch.stack([total[k] for k in keys]))
         total = {k: stacked[i] for i, k in enumerate(keys)}
-    return task.finalize(total)
+    return {**task.finalize(total), **diagnostics}
+
+
+def model_diagnostics(model: torch.nn.Module, batch: dict) -> dict[str, float]:
+    """What a model reports about itself on a batch, beside the task's metrics: a model class may define
+    ``diagnostics(input_ids, attention_mask=None) -> {name: number}`` (Spark: the measured fraction of FFN
+    neurons and of keys used, per layer as ``name/layer_i``). Measured on the first evaluation batch of this
+    process; it appears in metrics.jsonl, eval.json and the eval CLI's output."""
+    base = getattr(model, "module", model)  # DDP / FSDP wrappers
+    fn = getattr(base, "diagnostics", None)
+    if fn is None or not torch.is_tensor(batch.get("input_ids")):
+        return {}
+    report = fn(batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    return {k: float(v) for k, v in report.items() if isinstance(v, (int, float))}

@@ -258,6 +258,10 @@ class _SparsityMixin:
     def set_sparsity_recording(self, on: bool = True) -> None:
         set_sparsity_recording(self, on)
 
+    def diagnostics(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict:
+        """Reported beside the task's metrics by the trainer and the eval CLI (``seqzoo.eval.evaluate``)."""
+        return sparsity_report(self, input_ids, attention_mask=attention_mask)
+
 
 class SparkModel(_SparsityMixin, ZooModel):
     config_class = SparkConfig
