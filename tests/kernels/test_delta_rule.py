@@ -318,6 +318,8 @@ def test_triton_kernels_compile_for_hopper():
         pytest.fail("triton is not importable")
     script = os.path.join(os.path.dirname(__file__), "compile_sm90.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, script, "delta_rule", "bf16", "128", "bf16", "256", "fp16", "60"],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    # every config autotune can pick at the benchmark shape: no spills; other head dims: compiles, fits
+    for args in (["bf16", "128", "--all-configs", "--no-spills"], ["bf16", "256", "fp16", "60"]):
+        res = subprocess.run([sys.executable, script, "delta_rule", *args], capture_output=True, text=True, env=env,
+                             timeout=900)
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
