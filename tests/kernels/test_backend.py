@@ -88,3 +88,15 @@ def test_forward_backward_catches_a_wrong_gradient():
     T.assert_close("out", out[0], ref_out[0], 1e-6)
     with pytest.raises(AssertionError, match=r"grad\[x\]"):
         T.assert_all_close("bad", out, ref_out, grads, ref_grads, 1e-6)
+
+
+def test_check_varlen_host_copy():
+    cu = torch.tensor([0, 3, 7])
+    assert B.check_varlen("op", None, 2, 7) is None
+    assert B.check_varlen("op", cu, 1, 7, cu_seqlens_cpu=cu.clone()).tolist() == [0, 3, 7]
+    with pytest.raises(ValueError, match="cu_seqlens_cpu was given without cu_seqlens"):
+        B.check_varlen("op", None, 1, 7, cu_seqlens_cpu=cu)
+    with pytest.raises(ValueError, match="cu_seqlens_cpu has shape"):
+        B.check_varlen("op", cu, 1, 7, cu_seqlens_cpu=torch.tensor([0, 7]))
+    with pytest.raises(ValueError, match="must start at 0 and end at T=7"):
+        B.check_varlen("op", cu, 1, 7, cu_seqlens_cpu=torch.tensor([0, 3, 8]))  # the host copy is what is checked

@@ -42,3 +42,16 @@ def test_l2_normalize():
     y = C.l2_normalize(x)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float().norm(dim=-1), torch.ones(4), atol=1e-2, rtol=0)
+
+
+def test_varlen_tables_from_a_host_copy():
+    cu = torch.tensor([0, 3, 3, 10, 74], dtype=torch.int32)
+    assert C.num_chunks(cu, 16) == 6
+    assert C.chunk_indices(cu, 16, num_chunks=6).tolist() == C.chunk_indices(cu, 16).tolist()
+    cu_dev, tab, offs = C.varlen_chunk_tables(cu.to(torch.int64), 16, cu_seqlens_cpu=cu)
+    assert cu_dev.dtype == torch.int32 and cu_dev.tolist() == cu.tolist()
+    assert tab.tolist() == [[0, 0], [2, 0], [3, 0], [3, 1], [3, 2], [3, 3]] and offs.tolist() == [0, 1, 1, 2, 6]
+    # without the host copy the same tables come from one read of cu_seqlens
+    assert C.varlen_chunk_tables(cu, 16)[1].tolist() == tab.tolist()
+    x = torch.randn(1, 74, 3)
+    assert torch.equal(C.unpack_varlen(x, cu, multiple=16, longest=64), C.unpack_varlen(x, cu, multiple=16))
