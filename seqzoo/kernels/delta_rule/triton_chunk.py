@@ -1,25 +1,28 @@
 """Chunked delta rule in Triton: forward and backward kernels in one ``torch.autograd.Function``.
 
-Every input is viewed as a packed batch ``[T_total, H, D]`` with ``cu_seqlens`` (a dense ``[B, T]`` batch
-is ``B`` packed sequences of length ``T``), so one set of kernels serves dense and varlen inputs. Chunks of
-``BT`` tokens never straddle a sequence; ``chunk_indices`` / ``chunk_offsets`` (``seqzoo.kernels._chunk``)
-map programs to chunks. Equations: README.md. Per chunk, ``S`` the state entering it:
+Inputs are viewed as ``[T_total, H, D]``. Dense ``[B, T]`` batches are indexed directly (chunk ``c`` is chunk
+``c mod ceil(T/BT)`` of sequence ``c // ceil(T/BT)``, which starts at token ``n*T``: ``chunk_span`` / ``seq_span``
+in ``seqzoo.kernels._triton_utils``), so a dense call builds no table and reads nothing back from the device.
+Packed sequences use a chunk table built on the device (``_chunk.varlen_chunk_tables``). Chunks of ``BT``
+tokens never straddle a sequence. Equations: README.md. Per chunk, ``S`` the state entering it:
 
 forward
-  1. ``_wy_fwd``      (chunk, head):    Ainv = (I + strict_tril(diag(b) K K^T))^{-1}, W = Ainv diag(b) K,
-                                         U = Ainv diag(b) V                                  (parallel)
-  2. ``_state_fwd``   (V block, seq*head): S_c stored per chunk, V_new = U - W S, S += K^T V_new (sequential)
-  3. ``_output_fwd``  (V block, chunk, head): O = Q S + tril(Q K^T) V_new                       (parallel)
-backward (recomputes 1 and 2; the forward stores only its inputs)
-  4. ``_state_bwd``   (V block, seq*head), chunks in reverse, dS' = grad of the state leaving the chunk:
-                      dV_new = tril(Q K^T)^T dO + K dS';  dS = dS' + Q^T dO - W^T dV_new
-  5. ``_grads_bwd``   (chunk, head): dq, dk, dv, dbeta from dO, dV_new, dS', S through the WY transform.
+  1. ``_wy_solve``    (chunk, head):      Ainv = (I + strict_tril(diag(b) K K^T))^{-1} by 16x16 blocks (saved)
+  2. ``_wy_apply``    (chunk, head):      W = Ainv diag(b) K, U = Ainv diag(b) V                  (parallel)
+  3. ``_state_fwd``   (seq*head, V block): S_c stored per chunk, V_new = U - W S, S += K^T V_new (sequential)
+  4. ``_output_fwd``  (chunk, V block, head): O = Q S + tril(Q K^T) V_new                        (parallel)
+backward (reruns 2 and 3; the forward stores its inputs and Ainv)
+  5. ``_dv_local``    (chunk, V block, head): tril(Q K^T)^T dO                                   (parallel)
+  6. ``_state_bwd``   (seq*head, V block), chunks in reverse, dS' = grad of the state leaving the chunk:
+                      dV_new = dV_local + K dS';  dS = dS' + Q^T dO - W^T dV_new                (3 dots a step)
+  7. ``_dqkw_bwd``    (chunk, K tile, head): dq, the state part of dk, dW
+  8. ``_wy_bwd``      (chunk, head): dv, dbeta and the rest of dk through the WY transform.
 
 Dots take operands in the input dtype (bf16 / fp16 tensor cores) and accumulate in fp32; fp32 inputs use
-``input_precision="ieee"`` so that the fp32 path is exact to rounding. States are fp32 in memory.
-Block dims are powers of two >= 16 with masks, so K, V need not be powers of two (K, V <= 256).
-T is never a kernel argument (lengths come from ``cu_seqlens`` at run time): a new length neither
-re-tunes nor recompiles.
+``input_precision="ieee"`` so that the fp32 path is exact to rounding. Chunk states, their gradients and
+V_new are stored in the input dtype (fp32 in registers). Block dims are powers of two >= 16 with masks, so
+K, V need not be powers of two (K, V <= 256). T is a runtime argument that is never specialized: a new length
+neither re-tunes nor recompiles. Offsets are int64; counts that grow with the input are on grid x.
 """
 
 from __future__ import annotations
