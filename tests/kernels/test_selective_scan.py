@@ -214,6 +214,25 @@ def test_recurrent_kernel_varlen_and_decoding(dtype, triton_device, nan_empty):
     assert_close("decode step state", h1, ref_h1, 1e-5 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("backend", ["torch", TRITON])
+@pytest.mark.parametrize("T", [10, 70])  # the recurrent kernel (no autograd, T <= 64) and the chunked ones
+def test_non_contiguous_inputs(backend, T, device, triton_device, nan_empty):
+    """Views as a layer makes them (u transposed back from a conv, B and C split from one projection)."""
+    dev = _dev(backend, device, triton_device)
+    Dm, N = 16, 5
+    u = torch.randn(1, Dm, T, device=dev).transpose(1, 2)  # strides (Dm·T, 1, T)
+    proj = torch.randn(1, T, 2 * N + 3, device=dev)
+    Bm, Cm = proj[..., :N].unsqueeze(2), proj[..., N:2 * N].unsqueeze(2)
+    inputs = dict(u=u, delta=torch.randn(1, T, Dm, device=dev), A=-torch.rand(Dm, N, device=dev), B=Bm, C=Cm,
+                  z=torch.randn(1, T, 2 * Dm, device=dev)[..., :Dm], D=torch.randn(Dm, device=dev))
+    with torch.no_grad():
+        y, ht = selective_scan(**inputs, delta_softplus=True, output_final_state=True, backend=backend)
+        ref_y, ref_ht = selective_scan_reference(**{k: v.contiguous() for k, v in inputs.items()},
+                                                 delta_softplus=True, output_final_state=True)
+    assert_close("non-contiguous y", y, ref_y, TOL[torch.float32])
+    assert_close("non-contiguous state", ht, ref_ht, TOL[torch.float32])
+
+
 def _ok(Bsz=2, T=8, Dm=12, G=2, N=4):
     return dict(u=torch.randn(Bsz, T, Dm), delta=torch.rand(Bsz, T, Dm), A=-torch.rand(Dm, N),
                 B=torch.randn(Bsz, T, G, N), C=torch.randn(Bsz, T, G, N))

@@ -237,6 +237,24 @@ def test_recurrent_kernel_varlen_and_decoding(dtype, triton_device, nan_empty):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["torch", TRITON])
+@pytest.mark.parametrize("T", [10, 70])  # the recurrent kernel (no autograd, T <= 64) and the chunked ones
+def test_non_contiguous_inputs(backend, T, device, triton_device, nan_empty):
+    """Views as a layer makes them (x, B, C split from one conv output, dt from the projection)."""
+    dev = _dev(backend, device, triton_device)
+    H, P, N = 2, 8, 6
+    xbc = torch.randn(1, H * P + 2 * N, T, device=dev).transpose(1, 2)  # a conv's output, transposed back
+    x = xbc[..., :H * P].unflatten(-1, (H, P))  # [1, T, H, P], strides (., 1, ., T)
+    Bm, Cm = xbc[..., H * P:H * P + N].unsqueeze(2), xbc[..., H * P + N:].unsqueeze(2)
+    dt = torch.randn(1, T, H + 5, device=dev)[..., :H]
+    inputs = dict(x=x, dt=dt, A=-torch.rand(H, device=dev) - 0.5, B=Bm, C=Cm, D=torch.randn(H, device=dev))
+    with torch.no_grad():
+        y, ht = ssd_scan(**inputs, output_final_state=True, backend=backend)
+        ref_y, ref_ht = ssd_scan_reference(**{k: v.contiguous() for k, v in inputs.items()}, output_final_state=True)
+    assert_close("non-contiguous y", y, ref_y, TOL[torch.float32])
+    assert_close("non-contiguous state", ht, ref_ht, TOL[torch.float32])
+
+
 def _ok(Bsz=2, T=8, H=4, P=16, G=2, N=8):
     return dict(x=torch.randn(Bsz, T, H, P), dt=torch.randn(Bsz, T, H), A=-torch.rand(H),
                 B=torch.randn(Bsz, T, G, N), C=torch.randn(Bsz, T, G, N))

@@ -59,10 +59,11 @@ def selective_scan_recurrent(u, delta, A, B, C, D, h0, output_final_state, cu_se
     Nseq = cu.numel() - 1
     BN = next_power_of_2(N)
     BD = max(1, min(next_power_of_2(Dm), 2048 // BN))
+    u = u.contiguous()  # (before empty_like, which would copy u's strides)
     y = torch.empty_like(u)
     ht = u.new_empty(Nseq, Dm, N, dtype=torch.float32) if output_final_state else None
     _fwd_recurrent[(Nseq, triton.cdiv(Dm, BD))](
-        u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
+        u, delta.contiguous(), A.contiguous(), B.contiguous(), C.contiguous(),
         None if D is None else D.contiguous(), y, h0, ht, cu, Dm=Dm, G=G, N=N, BD=BD, BN=BN,
         HAS_D=D is not None, USE_H0=h0 is not None, STORE_FINAL=output_final_state)
     return y, ht
