@@ -9,7 +9,7 @@ import importlib
 from .base import get_config_class, list_architectures, make_config
 
 # every architecture package; each registers itself on import
-_ARCH_PACKAGES = ["transformer", "deltanet", "transnormer", "spark", "mega", "tcnca"]
+_ARCH_PACKAGES = ["transformer", "deltanet", "transnormer", "spark", "mega", "tcnca", "mamba2", "mamba"]
 
 for _name in _ARCH_PACKAGES:
     importlib.import_module(f"{__name__}.{_name}")
