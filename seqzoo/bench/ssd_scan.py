@@ -170,12 +170,12 @@ def run(args) -> list[dict]:
     on_gpu = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
-    shapes = _shapes(args.shapes or (GPU_SHAPES if on_gpu else CPU_SHAPES))
+    shapes = _shapes(args.shapes or (GPU_SHAPES if on_gpu else ("1,64,2,16,16" if common.SMOKE else CPU_SHAPES)))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("bf16" if on_gpu else "fp32")]
     impls = (args.impls or ("triton,sdpa,mamba_ssm" if on_gpu else "torch,reference,minimal")).split(",")
     G = args.groups
-    rounds = args.rounds or (1 if on_gpu else 3)
+    rounds = args.rounds or (1 if on_gpu or common.SMOKE else 3)
     rows = []
     for B, T, H, P, N in shapes:
         shape = f"B{B} T{T} H{H} P{P} N{N} G{G} {str(dtype).replace('torch.', '')}"
