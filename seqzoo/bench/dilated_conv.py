@@ -59,6 +59,10 @@ def _time(fn, leaves, grad, dev, pass_):
 
 
 def run(args) -> list[dict]:
+    from . import common
+
+    if getattr(common, "SMOKE", False):  # a dry run of the command line: tiny shapes
+        args.lengths, args.dim, args.layer_T, args.layer_hidden = [256], 64, 256, 64
     dev = args.device
     dtype = getattr(torch, args.dtype) if dev.type == "cuda" else torch.float32
     B, D, N = args.batch, args.dim, args.ndim
