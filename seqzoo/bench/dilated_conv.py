@@ -33,6 +33,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ndim", type=int, default=16, help="EMA expansion N (16 in every MEGA config)")
     parser.add_argument("--chunk", type=int, default=64, help="chunk of the EMA scan path")
     parser.add_argument("--no-scan", action="store_true", help="skip the EMA scan rows")
+    parser.add_argument("--literal-max-T", type=int, default=16384,
+                        help="also time MEGA's own kernel generation (an exp over a [D, N, T] table, 4.3 GB at "
+                             "T = 131072) up to this length; 0 = never")
     parser.add_argument("--passes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
                         help="GPU input dtype (CPU always fp32)")
@@ -86,6 +89,9 @@ def run(args) -> list[dict]:
             f"EMA fft N={N}": (lambda: ema(xl, *mega_ema_coefficients(*params), backend="fft")[0], [xl] + params,
                                "receptive field T"),
         }
+        if T <= args.literal_max_T:
+            impls[f"EMA fft N={N}, MEGA's [D,N,T] kernel"] = (lambda: _mega_literal(xl, *params), [xl] + params,
+                                                            "receptive field T")
         if not args.no_scan:
             impls[f"EMA scan N={N} C={args.chunk}"] = (
                 lambda: ema(xl, *mega_ema_coefficients(*params), backend="scan", chunk_size=args.chunk)[0],
@@ -117,6 +123,19 @@ def run(args) -> list[dict]:
     if args.layers:
         rows += _layers(args, dev)
     return rows
+
+
+def _mega_literal(x, delta, alpha, beta, gamma):
+    """MEGA's MultiHeadEMA as its code computes it: the kernel from an exp over a [D, N, T] Vandermonde table,
+    then the FFT convolution (the comparison basis of TCNCA's paper)."""
+    T, N = x.shape[1], delta.shape[-1]
+    p = torch.sigmoid(delta)
+    q = 1.0 - p * torch.sigmoid(alpha)
+    vander = torch.arange(T, device=x.device)[None, None, :] * torch.log(q)[..., None]  # [D, N, T]
+    k = torch.einsum("dnl,dn->dl", (p * beta)[..., None] * torch.exp(vander), gamma / N ** 0.5)  # [D, T]
+    xt = x.float().transpose(1, 2)
+    y = torch.fft.irfft(torch.fft.rfft(xt, n=2 * T) * torch.fft.rfft(k, n=2 * T), n=2 * T)[..., :T]
+    return y.transpose(1, 2).to(x.dtype)
 
 
 def _layers(args, dev) -> list[dict]:
