@@ -334,8 +334,10 @@ class MetricsLog:
             self.path.unlink()
 
 
-def plot_curves(records: list[dict], path: Path, title: str) -> None:
-    """Train loss, validation loss and accuracy against the step, written atomically as a PNG."""
+def plot_curves(records: list[dict], path: Path, title: str, primary: str | None = None) -> None:
+    """Loss, and the task's primary metric (train values too where the task derives them from the loss, e.g.
+    bits per byte), for train / valid / test against the number of training tokens (the step for records
+    written without it), as a PNG written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,33 +346,22 @@ def plot_curves(records: list[dict], path: Path, title: str) -> None:
     train = [r for r in records if r.get("type") == "train"]
     valid = [r for r in records if r.get("type") == "eval" and r.get("split") == "valid"]
     test = [r for r in records if r.get("type") == "eval" and r.get("split") == "test"]
-    metric_keys = sorted({k for r in valid + test for k in r if k not in ("type", "split", "step", "loss",
-                                                                          "num_targets", "elapsed_s")
-                          and "/" not in k})  # per-layer diagnostics ("name/layer_i") stay in the JSON
-    ncols = 1 + len(metric_keys)
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.6), squeeze=False)
-    ax = axes[0][0]
-    if train:
-        ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
-    if valid:
-        ax.plot([r["step"] for r in valid], [r["loss"] for r in valid], "o-", label="valid loss", ms=3)
-    if test:
-        ax.plot([r["step"] for r in test], [r["loss"] for r in test], "*", label="test loss", ms=9)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats)")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    for i, key in enumerate(metric_keys, start=1):
-        ax = axes[0][i]
-        pts = [r for r in valid if key in r]
-        if pts:
-            ax.plot([r["step"] for r in pts], [r[key] for r in pts], "o-", label=f"valid {key}", ms=3)
-        pts = [r for r in test if key in r]
-        if pts:
-            ax.plot([r["step"] for r in pts], [r[key] for r in pts], "*", label=f"test {key}", ms=9)
-        ax.set_xlabel("step")
-        ax.set_ylabel(key)
+    use_tokens = all("tokens" in r for r in train + valid + test) and bool(train + valid + test)
+    xkey = "tokens" if use_tokens else "step"
+    if primary is None:  # the first metric besides the loss
+        primary = next((k for r in valid + test for k in r if k not in (
+            "type", "split", "step", "tokens", "loss", "num_targets", "elapsed_s") and "/" not in k), None)
+    keys = ["loss"] + ([primary] if primary and primary != "loss" else [])
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for rows, style, label in ((train, "-", "train"), (valid, "o-", "valid"), (test, "*", "test")):
+            pts = [(r[xkey], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            if pts:
+                ax.plot(*zip(*pts), style, label=f"{label} {key}", lw=1, ms=3 if style == "o-" else 9)
+        ax.set_xlabel("training tokens" if use_tokens else "step")
+        ax.set_ylabel("loss (nats)" if key == "loss" else key)
+        if key == "loss":
+            ax.set_yscale("log")
         ax.legend()
         ax.grid(alpha=0.3)
     fig.suptitle(title)
@@ -570,14 +561,17 @@ class StepLoop:
                               "elapsed_s": time.time() - self.t_start}
                     if stats.grad_norm is not None:
                         record["grad_norm"] = float(stats.grad_norm)
+                    derived = self.task.train_metrics(loss)  # e.g. bits per byte of a byte-level LM
+                    record.update(derived)
                     self.metrics.write(record)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stats.lr:.2e}",
-                                    tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
+                    bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in derived.items()},
+                                    lr=f"{stats.lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}", refresh=False)
                     t_window = time.time()
                 if (self.validate is not None and self.eval_every and state.step % self.eval_every == 0
                         and state.step < tc.max_steps):
                     valid = self.validate()
-                    self.metrics.write({"type": "eval", "split": "valid", "step": state.step, **valid})
+                    self.metrics.write({"type": "eval", "split": "valid", "step": state.step,
+                                        "tokens": state.tokens, **valid})
                     if acc.is_main_process:
                         bar.write(f"step {state.step}: valid " + ", ".join(
                             f"{k} {v:.4f}" for k, v in valid.items() if isinstance(v, float) and "/" not in k))
@@ -754,19 +748,20 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
     # ---- final model, test metrics, plot, summary ---------------------------------------------------------
     final_dir = save_final_model(task, model, accelerator, out)
     test = evaluate_split(task, model, test_ds, accelerator=accelerator, batch_size=ec.batch_size)
-    metrics.write({"type": "eval", "split": "test", "step": state.step, **test})
+    metrics.write({"type": "eval", "split": "test", "step": state.step, "tokens": state.tokens, **test})
     result = {"task": task.settings_dict(), "split": "test", "step": state.step, "metrics": test,
               "model": str(final_dir), "train_time_s": train_time, "num_processes": accelerator.num_processes}
     if main_proc:
         atomic_write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")
         try:
-            plot_curves(metrics.read(), out / "curves.png", f"{cfg.model['model_type']} on {task.name}")
+            plot_curves(metrics.read(), out / "curves.png", f"{cfg.model['model_type']} on {task.name}",
+                        primary=task.primary_metric)
         except Exception as e:  # a plot must never lose a finished run
             print(f"seqzoo: could not draw curves.png: {e}", file=sys.stderr)
     if trackers:
         accelerator.end_training()
 
-    failed = [k for k, v in ec.require.items() if not (isinstance(test.get(k), float) and test[k] >= v)]
+    failed = [k for k, v in ec.require.items() if not (isinstance(test.get(k), float) and task.better(k, test[k], v))]
     result["require_failed"] = failed
     if main_proc:
         print_summary(task, test, ec.require, state.step, train_time, final_dir)
@@ -779,8 +774,8 @@ def print_summary(task, test: dict, require: dict, steps: int, train_time: float
           f"in {train_time:.0f}s | model {final_dir}", flush=True)
     for k, v in require.items():
         got = test.get(k)
-        ok = isinstance(got, float) and got >= v
-        print(f"seqzoo: required {k} >= {v}: {'PASS' if ok else 'FAIL'} (got "
+        ok = isinstance(got, float) and task.better(k, got, v)
+        print(f"seqzoo: required {k} {'<=' if k in task.minimize else '>='} {v}: {'PASS' if ok else 'FAIL'} (got "
               f"{got if not isinstance(got, float) else round(got, 4)})", flush=True)
 
 

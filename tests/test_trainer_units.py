@@ -2,6 +2,7 @@
 training stream (resume = tail of the uninterrupted stream), one optimizer step (gradient accumulation = one
 big batch) and the step loop's schedule of logs, validations, checkpoints and callbacks."""
 
+import math
 import json
 
 import pytest
@@ -224,3 +225,24 @@ def test_step_loop_schedules_logs_validations_checkpoints_and_callbacks(tmp_path
     called.clear()
     loop.run(batches, [lambda step, record: called.append(step)])
     assert called == [8, 9] and state.step == 9
+
+
+def test_required_metrics_follow_their_direction():
+    from seqzoo.eval import get_task
+
+    mqar = get_task("mqar", {"vocab_size": 64, "seq_len": 16, "num_kv_pairs": 2})
+    assert mqar.better("accuracy", 0.99, 0.98) and not mqar.better("accuracy", 0.97, 0.98)
+    assert mqar.train_metrics(1.0) == {}
+    lm = get_task("bytes_lm", {"path": "unused"})
+    assert lm.better("bpb", 1.9, 2.0) and not lm.better("bpb", 2.1, 2.0)  # bits per byte: lower is better
+    assert lm.train_metrics(math.log(2) * 1.5) == {"bpb": pytest.approx(1.5)}
+
+
+def test_curves_against_tokens_with_the_primary_metric(tmp_path):
+    from seqzoo.trainer import plot_curves
+
+    records = [{"type": "train", "step": s, "tokens": 100 * s, "loss": 2.0 / s, "bpb": 2.9 / s} for s in (1, 2, 3)]
+    records += [{"type": "eval", "split": "valid", "step": 2, "tokens": 200, "loss": 1.2, "bpb": 1.7,
+                 "bpb_ci95": 0.1, "num_segments": 4.0}]
+    plot_curves(records, tmp_path / "c.png", "t", primary="bpb")
+    assert (tmp_path / "c.png").stat().st_size > 1000 and not list(tmp_path.glob(".*"))

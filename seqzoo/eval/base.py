@@ -88,6 +88,16 @@ class Task(abc.ABC):
     data_version: ClassVar[int] = 1  # bump when generate() changes, so old caches are not reused
     primary_metric: ClassVar[str] = "accuracy"
     metric_names: ClassVar[tuple[str, ...]] = ("loss", "accuracy")  # the keys metric_sums returns
+    minimize: ClassVar[tuple[str, ...]] = ("loss",)  # metrics where lower is better (eval.require: <=)
+
+    def train_metrics(self, mean_loss: float) -> dict[str, float]:
+        """Metrics that follow from the mean training loss of a logging window, shown in the progress bar and
+        written to metrics.jsonl beside it (a byte-level LM: bits per byte = loss / ln 2). None by default."""
+        return {}
+
+    def better(self, name: str, value: float, threshold: float) -> bool:
+        """Whether ``value`` of metric ``name`` meets ``threshold`` (>= by default, <= for :attr:`minimize`)."""
+        return value <= threshold if name in self.minimize else value >= threshold
 
     def __init__(self, settings: Any = None, cache_dir: str | Path | None = None):
         if settings is None:

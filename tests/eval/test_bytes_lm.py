@@ -453,6 +453,12 @@ def test_bytes_lm_trains_resumes_mid_epoch_and_scores_every_test_byte(tmp_path):
     assert test["num_targets"] == round(1203 * 0.1) and test["bpb"] == pytest.approx(test["loss"] / math.log(2))
     assert 0 < test["bpb_ci95"] < 1 and [r["split"] for r in records(straight) if r["type"] == "eval"] == \
         ["valid", "valid", "test"]
+    # the progress bar's and metrics.jsonl's training bpb is the window's mean loss in bits; evaluations carry
+    # the token count, so curves.png is drawn against training tokens
+    trained = [r for r in records(straight) if r["type"] == "train"]
+    assert trained and all(r["bpb"] == pytest.approx(r["loss"] / math.log(2)) for r in trained)
+    assert all(r["tokens"] > 0 for r in records(straight))
+    assert (straight / "curves.png").stat().st_size > 1000
     # the task's evaluation (Task.step through the byte-lm head, the carry handed on by evaluate) equals
     # score_bytes with the same streams
     model = AutoModelForCausalLM.from_pretrained(straight / "final")

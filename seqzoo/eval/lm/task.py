@@ -25,6 +25,8 @@ trainer calls before it writes anything.
 
 from __future__ import annotations
 
+import math
+
 import abc
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -97,6 +99,10 @@ class _ByteLMTask(Task):
     head = "byte-lm"
     primary_metric: ClassVar[str] = "bpb"
     metric_names: ClassVar[tuple[str, ...]] = BPB_METRICS
+    minimize: ClassVar[tuple[str, ...]] = ("loss", "bpb")
+
+    def train_metrics(self, mean_loss: float) -> dict[str, float]:
+        return {"bpb": mean_loss / math.log(2)}  # the training loss is the mean NLL per byte, in nats
     pad_token_id = SPECIAL_IDS["<pad>"]
 
     def __init__(self, settings=None, cache_dir=None):
