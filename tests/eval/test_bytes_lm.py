@@ -489,8 +489,11 @@ def test_enwik8_through_the_trainer_and_the_eval_cli(tmp_path, small_enwik8, cap
     capsys.readouterr()
     assert eval_main(["--model", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--batch-size",
                       "2", "--output", "-"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    out = json.loads(printed.out)
     assert out["task"]["name"] == "enwik8" and out["metrics"]["num_targets"] == 50
+    bpb, ci = out["metrics"]["bpb"], out["metrics"]["bpb_ci95"]
+    assert f"seqzoo-eval: enwik8 test: bpb {bpb:.4f} ± {ci:.4f} (95% CI over segments)" in printed.err
     assert out["metrics"]["bpb"] == pytest.approx(result["metrics"]["bpb"], rel=1e-6)  # windows: batching-free
     assert out["metrics"]["bpb_ci95"] > 0
 
