@@ -32,6 +32,7 @@ from ..base import (
     padding,
     register_mixer,
 )
+from ..base.chunked import attend_in_blocks
 from .configuration_transnormer import TransNormerConfig
 
 FEATURE_MAPS = ("elu", "1+elu", "identity")
@@ -174,49 +175,11 @@ class DiagAttention(nn.Module):
                 offset = cache.seen_tokens if cache is not None else 0
                 position_ids = (offset + torch.arange(T, device=q.device))[None].expand(B, T)
             q, k = self.rotary(q, k, position_ids)
-        if cache is not None:
-            o = self._step(q, k, v, attention_mask, cache[self.layer_idx])
-        elif attention_mask is not None:
-            o = self._padded(q, k, v, attention_mask[:, -T:])
-        else:
-            o = self._attend(q, k, v, cu_seqlens)  # [B, T, H, D]
+        mask = attention_mask[:, -T:] if attention_mask is not None else None
+        state = cache[self.layer_idx] if cache is not None else None
+        o = attend_in_blocks(self._attend, q, k, v, self.block_size, attention_mask=mask, state=state,
+                             cu_seqlens=cu_seqlens)  # [B, T, H, D]
         return self.o_proj(o.reshape(B, T, -1))
-
-    def _padded(self, q, k, v, mask):
-        """Padding (left or right): each row's real tokens run as one packed sequence, so blocks start at its
-        first real token, exactly as without padding."""
-        packed = padding.pack(mask)
-        o = self._attend(packed.pack(q), packed.pack(k), packed.pack(v), packed.cu_seqlens)  # [1, N, H, D]
-        return packed.unpack(o)
-
-    def _step(self, q, k, v, attention_mask, state):
-        """With a cache: the buffered keys/values of each row's unfinished block go in front of its new tokens,
-        so the row's piece starts at a block boundary; the new unfinished block is buffered for the next call."""
-        B, T, H, D = q.shape
-        w = self.block_size
-        if "k" not in state:
-            state["k"] = k.new_zeros(B, w, H, D)  # [B, w, H, D], the first n[b] rows are used
-            state["v"] = v.new_zeros(B, w, H, v.shape[-1])
-            state["n"] = torch.zeros(B, dtype=torch.long, device=q.device)
-        real = (attention_mask[:, -T:].bool() if attention_mask is not None
-                else torch.ones(B, T, dtype=torch.bool, device=q.device))
-        o = q.new_zeros(B, T, H, v.shape[-1])
-        new_k, new_v = torch.zeros_like(state["k"]), torch.zeros_like(state["v"])
-        new_n = torch.zeros_like(state["n"])
-        for b in range(B):
-            n = int(state["n"][b])
-            kb = torch.cat([state["k"][b, :n].to(k.dtype), k[b][real[b]]])  # [n + r, H, D]
-            vb = torch.cat([state["v"][b, :n].to(v.dtype), v[b][real[b]]])
-            r = kb.shape[0] - n
-            if r > 0:
-                qb = torch.cat([q.new_zeros(n, H, D), q[b][real[b]]])  # buffered rows' outputs are dropped
-                o[b][real[b]] = self._attend(qb[None], kb[None], vb[None])[0, n:]
-            keep = kb.shape[0] % w  # tokens of the block that is still open
-            new_k[b, :keep] = kb[kb.shape[0] - keep:]
-            new_v[b, :keep] = vb[vb.shape[0] - keep:]
-            new_n[b] = keep
-        state["k"], state["v"], state["n"] = new_k, new_v, new_n
-        return o
 
 
 class TransNormerModel(ZooModel):
