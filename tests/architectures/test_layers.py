@@ -53,7 +53,7 @@ def test_layers_resolved_in_config_json_and_loaded_back(tmp_path):
     )
     assert cfg.layers[0] == {
         "mixer": {"type": "deltanet", "num_heads": None, "head_dim": None, "use_short_conv": False, "conv_size": 4,
-                  "allow_neg_eigval": False, "use_output_gate": True, "kernel_backend": "auto",
+                  "allow_neg_eigval": False, "use_output_gate": True, "gate_bias_init": 1.28, "kernel_backend": "auto",
                   "recurrent_max_len": 64},
         "ffn": {"type": "swiglu", "intermediate_size": None},
     }
