@@ -519,3 +519,36 @@ def test_missing_or_corrupt_corpus_stops_the_trainer_before_it_writes(tmp_path, 
         train(resolve(raw))
     assert not out.exists()
     assert not cache.exists() or files_under(cache) == []
+
+
+def test_enwik8_from_the_hub_through_datasets(tmp_path, monkeypatch):
+    """task.path=hub reads the dataset's splits through datasets.load_dataset (stubbed here: tests never
+    download), caches them as one byte file, and fails with a clear message when the hub is out of reach."""
+    import datasets
+
+    from seqzoo.common import ConfigError
+    from seqzoo.eval.lm.corpus import open_enwik8
+
+    rows = {"train": ["<page>", "alpha beta"], "validation": ["gamma"], "test": ["delta é"]}
+    calls = []
+
+    def fake_load(repo, name=None):
+        calls.append(repo)
+        return datasets.DatasetDict({k: datasets.Dataset.from_dict({"text": v}) for k, v in rows.items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    corpus = open_enwik8("hub", tmp_path / "cache")
+    assert calls == ["LTCB/enwik8"]
+    assert bytes(corpus.split_bytes("train")) == b"<page>\nalpha beta\n"
+    assert bytes(corpus.split_bytes("valid")) == b"gamma\n"
+    assert bytes(corpus.split_bytes("test")) == "delta é\n".encode()
+    open_enwik8("hub", tmp_path / "cache")  # served from the cache
+    assert calls == ["LTCB/enwik8"]
+
+    def offline(repo, name=None):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConfigError, match=r"task.path: cannot load the hub dataset 'someone/else'.*enwik8.zip"):
+        open_enwik8("hub:someone/else", tmp_path / "cache2")
+    assert not (tmp_path / "cache2").exists() or not list((tmp_path / "cache2").iterdir())

@@ -186,9 +186,57 @@ def _zip_member(zip_path: Path, preferred: str | None, where: str) -> tuple[str,
     raise ConfigError(f"{where}: {str(zip_path)!r} holds {names}; expected {want}")
 
 
+HUB_PREFIX = "hub:"
+HUB_ENWIK8 = "LTCB/enwik8"  # the Hugging Face dataset: splits train / validation / test, a "text" column
+HUB_SPLITS = {"train": "train", "valid": "validation", "test": "test"}
+
+
+def open_hub_text(repo: str, cache_dir: str | os.PathLike, where: str = "task.path", *, name: str | None = None,
+                  column: str = "text", separator: bytes = b"\n") -> ByteCorpus:
+    """A corpus from a Hugging Face dataset with train / validation / test splits and a text column, read once
+    through ``datasets`` (online, or from its local cache) and written to one byte file in the cache (rows
+    joined by ``separator``, UTF-8; the splits kept as the dataset gives them)."""
+    target = Path(cache_dir) / f"hub-{_fingerprint(['hub', repo, name, column])}.bytes"
+    meta = target.with_suffix(".json")
+    if not (target.is_file() and meta.is_file()):
+        try:
+            import datasets
+
+            ds = datasets.load_dataset(repo, name)
+        except Exception as e:  # offline, unknown repository, ...
+            raise ConfigError(f"{where}: cannot load the hub dataset {repo!r} ({type(e).__name__}: {e}); give a "
+                              f"local file instead (for enwik8: the enwik8 file or enwik8.zip from "
+                              f"http://mattmahoney.net/dc/enwik8.zip)") from None
+        missing = [s for s in HUB_SPLITS.values() if s not in ds]
+        if missing or any(column not in ds[s].column_names for s in HUB_SPLITS.values()):
+            raise ConfigError(f"{where}: the hub dataset {repo!r} needs splits {list(HUB_SPLITS.values())} with a "
+                              f"{column!r} column; it has {dict((k, ds[k].column_names) for k in ds)}")
+        sizes = {}
+
+        def fill(f) -> int:
+            total = 0
+            for ours, theirs in HUB_SPLITS.items():
+                start = total
+                for row in ds[theirs]:
+                    data = str(row[column]).encode("utf-8") + separator
+                    f.write(data)
+                    total += len(data)
+                sizes[ours] = (start, total)
+            return total
+
+        _write_atomically(target, fill, None, where, f"the hub dataset {repo!r}")
+        meta.write_text(json.dumps(sizes))
+    bounds = {k: tuple(v) for k, v in json.loads(meta.read_text()).items()}
+    return ByteCorpus(data=_memmap(target), bounds=bounds, source=f"hub dataset {repo} ({target})")
+
+
 def open_enwik8(path: str | os.PathLike, cache_dir: str | os.PathLike, where: str = "task.path") -> ByteCorpus:
-    """enwik8 from ``path``: the raw 10^8-byte file, ``enwik8.zip``, or a folder holding either. The standard
-    split: bytes [0, 90M) train, [90M, 95M) valid, [95M, 100M) test."""
+    """enwik8 from ``path``: the raw 10^8-byte file, ``enwik8.zip``, or a folder holding either, with the standard
+    split: bytes [0, 90M) train, [90M, 95M) valid, [95M, 100M) test. ``hub`` (or ``hub:REPO``) reads the Hugging
+    Face dataset (default ``LTCB/enwik8``) through ``datasets`` instead, with the dataset's own splits."""
+    if str(path) == "hub" or str(path).startswith(HUB_PREFIX):
+        repo = str(path)[len(HUB_PREFIX):] if str(path).startswith(HUB_PREFIX) else ""
+        return open_hub_text(repo or HUB_ENWIK8, cache_dir, where)
     p = Path(path).expanduser()
     if p.is_dir():
         for name in ("enwik8", "enwik8.zip"):

@@ -83,7 +83,7 @@ class _EvalFields:
 
 @dataclass
 class Enwik8Settings(_EvalFields):
-    path: str = "data/enwik8"  # the enwik8 file, enwik8.zip, or a folder holding one
+    path: str = "data/enwik8"  # the enwik8 file, enwik8.zip, a folder holding one, or "hub" (LTCB/enwik8 online)
 
 
 @dataclass
