@@ -56,12 +56,22 @@ class Lion(torch.optim.Optimizer):
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices (embeddings and linear weights); none on biases, norm gains and other 1-D
-    parameters (decaying a norm's gain towards 0 only hurts)."""
+    parameters (decaying a norm's gain towards 0 only hurts), nor on parameters a module names in its
+    ``no_weight_decay`` attribute (a tuple of its own parameter names, e.g. Mamba's ``A_log`` and ``D``, as
+    mamba_ssm exempts them) or tags with ``_no_weight_decay = True``. The names survive checkpoint loading,
+    which may replace the Parameter objects (and their tags)."""
+    exempt: set[int] = set()
+    for module in model.modules():
+        for name in getattr(module, "no_weight_decay", ()):
+            p = getattr(module, name, None)
+            if isinstance(p, torch.nn.Parameter):
+                exempt.add(id(p))
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
+        skip = p.ndim < 2 or id(p) in exempt or getattr(p, "_no_weight_decay", False)
+        (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

@@ -246,3 +246,21 @@ def test_curves_against_tokens_with_the_primary_metric(tmp_path):
                  "bpb_ci95": 0.1, "num_segments": 4.0}]
     plot_curves(records, tmp_path / "c.png", "t", primary="bpb")
     assert (tmp_path / "c.png").stat().st_size > 1000 and not list(tmp_path.glob(".*"))
+
+
+def test_mamba_parameters_get_no_weight_decay_even_after_loading(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from seqzoo.optim import param_groups
+
+    for model_type, names in (("zoo_mamba", ("A_log", "D")), ("zoo_mamba2", ("A_log", "dt_bias", "D"))):
+        model = AutoModelForCausalLM.from_config(seqzoo.make_config(model_type, hidden_size=32, num_hidden_layers=1,
+                                                                    num_heads=2))
+        model.save_pretrained(tmp_path / model_type)
+        loaded = AutoModelForCausalLM.from_pretrained(tmp_path / model_type)
+        for m in (model, loaded):
+            decayed = {id(p) for p in param_groups(m, 0.1)[0]["params"]}
+            mixer = m.model.layers[0].mixer
+            for name in names:
+                assert id(getattr(mixer, name)) not in decayed, (model_type, name)
+            assert id(mixer.in_proj.weight) in decayed

@@ -67,6 +67,8 @@ class MambaSettings(MixerSettings):
 
 @register_mixer("mamba", settings=MambaSettings)
 class MambaMixer(nn.Module):
+    no_weight_decay = ("A_log", "D")  # seqzoo.optim.param_groups exempts these (mamba_ssm does)
+
     def __init__(self, config, layer_idx: int, settings: MambaSettings):
         super().__init__()
         self.config, self.layer_idx, self.settings = config, layer_idx, settings

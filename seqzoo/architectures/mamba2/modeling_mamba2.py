@@ -90,6 +90,8 @@ def init_copy(init, param: torch.Tensor, value: torch.Tensor) -> None:
 
 @register_mixer("mamba2", settings=Mamba2Settings)
 class Mamba2Mixer(nn.Module):
+    no_weight_decay = ("A_log", "dt_bias", "D")  # seqzoo.optim.param_groups exempts these (mamba_ssm does)
+
     def __init__(self, config, layer_idx: int, settings: Mamba2Settings):
         super().__init__()
         self.config, self.layer_idx, self.settings = config, layer_idx, settings
