@@ -769,7 +769,7 @@ def train(cfg: RunConfig, callbacks: list[Callable[[int, dict], None]] | None = 
 
 
 def print_summary(task, test: dict, require: dict, steps: int, train_time: float, final_dir: Path) -> None:
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float))
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items() if isinstance(v, float) and "/" not in k)
     print(f"seqzoo: {task.name} test {shown} ({test.get('num_targets', 0)} targets) | {steps} steps "
           f"in {train_time:.0f}s | model {final_dir}", flush=True)
     for k, v in require.items():
