@@ -32,6 +32,17 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _autotune_trials():
+    """Under the interpreter, every autotuned launch first runs a timing trial as on a GPU (see
+    seqzoo.kernels.testing.autotune_trial_runs): in-place kernels must name their buffers in restore_value."""
+    if not interpreter_active():
+        yield
+        return
+    with ktest.autotune_trial_runs():
+        yield
+
+
 @pytest.fixture
 def nan_empty():
     """Every torch.empty / empty_like / new_empty made while the test runs is filled with NaN."""

@@ -117,3 +117,39 @@ def nan_empty():
         yield
     finally:
         torch.empty, torch.empty_like, torch.Tensor.new_empty = orig_empty, orig_empty_like, orig_new_empty
+
+
+@contextlib.contextmanager
+def autotune_trial_runs():
+    """Make every ``triton.autotune``-wrapped launch behave, once per tuning key, as autotuning on a GPU does:
+    the kernel first runs as a timing trial (with the autotuner's own ``reset_to_zero`` / ``restore_value``
+    hooks around it), then for real. A kernel that reads an output it also writes (``dk += ...`` in place)
+    and does not name it in ``restore_value`` then gives a wrong answer here, as it would on a GPU, where
+    each config is timed many times on the real buffers. The interpreter keeps one config and so never
+    times one, which is why this check is needed on a CPU."""
+    from triton.runtime.autotuner import Autotuner
+
+    orig_run = Autotuner.run
+    tried: set = set()
+
+    def run(self, *args, **kwargs):
+        named = {**dict(zip(self.arg_names, args)), **kwargs}
+        key = (id(self),) + tuple(repr(named.get(k)) for k in self.keys) + tuple(
+            str(v.dtype) for v in named.values() if isinstance(v, torch.Tensor))
+        if key not in tried:
+            tried.add(key)
+            config = self.configs[0]
+            full = {**named, **config.all_kwargs()}
+            if config.pre_hook is not None:
+                config.pre_hook(full)
+            self.pre_hook(full)
+            self.fn.run(*args, **kwargs, **config.all_kwargs())
+            self.post_hook(full, exception=None)
+            self.pre_hook(full, reset_only=True)
+        return orig_run(self, *args, **kwargs)
+
+    Autotuner.run = run
+    try:
+        yield
+    finally:
+        Autotuner.run = orig_run

@@ -425,8 +425,10 @@ def _dqkw_bwd_kernel(
     tl.store(dw + p_tk, b_dw.to(dw.dtype.element_ty), mask=m_tk)
 
 
+# dk is read and written in place (the state part from _dqkw_bwd plus this part): autotune timing runs must
+# leave it as it was, hence restore_value.
 @triton.autotune(configs=autotune_configs({}, num_warps=[4, 8], num_stages=[2]), key=["K", "V", "BK", "BV"],
-                 prune_configs_by={"early_config_prune": hopper_prune([8])})
+                 prune_configs_by={"early_config_prune": hopper_prune([8])}, restore_value=["dk"])
 @triton.jit(do_not_specialize=["T"])
 def _wy_bwd_kernel(
     k, v, beta, ainv, dw, dvnew, dk, dv, dbeta, cu_seqlens, chunk_idx, T,
