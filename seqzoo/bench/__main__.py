@@ -45,8 +45,13 @@ def main(argv=None) -> int:
                              "common.emit; the others' rows are appended when the op finishes)")
     parser.add_argument("--smoke", action="store_true",
                         help="one call per timing (and tiny shapes where the bench knows them): checks the command")
+    parser.add_argument("--check-args", action="store_true",
+                        help="parse the command line and stop (scripts/gpu_check.sh --dry-run checks its GPU arguments)")
     mod.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.check_args:
+        print(f"seqzoo.bench {op}: arguments ok")
+        return 0
     args.device = torch.device(args.device)
     common.SMOKE = args.smoke
     common.set_sink(args.jsonl, op, args.device)

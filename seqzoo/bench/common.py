@@ -94,6 +94,15 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, warmup_ms: float 
     return ms
 
 
+def copy_row(x: torch.Tensor, shape: str) -> dict:
+    """The bandwidth ceiling the same run measures: ``y.copy_(x)`` over a tensor the size of an op's input
+    (one read and one write), emitted as a row named ``copy`` for a memory-bound op to be compared with."""
+    y = torch.empty_like(x)
+    ms = time_fn(lambda: y.copy_(x), x.device)
+    return emit(dict(impl="copy (ceiling)", shape=shape, **{"pass": "fwd"}, ms=ms,
+                     bytes=2 * x.numel() * x.element_size(), **{"first call s": LAST_FIRST_CALL_S}))
+
+
 def _time(fn, device, warmup_ms, rep_ms, min_reps) -> float:
     if device.type == "cuda":
         import triton.testing

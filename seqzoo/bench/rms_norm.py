@@ -31,6 +31,7 @@ def run(args) -> list[dict]:
         w = torch.ones(args.dim, device=dev, dtype=dtype, requires_grad=True)
         dy = torch.randn_like(x)
         nbytes_fwd = 2 * x.numel() * x.element_size()
+        rows.append(common.copy_row(x.detach(), f"{M}x{args.dim} {str(dtype)[6:]}"))
         for name, fn in impls.items():
             ms = time_fn(lambda: fn(x, w), dev)
             rows.append(common.emit(dict(impl=name, shape=f"{M}x{args.dim} {str(dtype)[6:]}", **{"pass": "fwd"},

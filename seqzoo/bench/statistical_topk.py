@@ -61,7 +61,8 @@ def _stats(x, fraction):
 
 
 def run(args) -> list[dict]:
-    from .common import time_fn
+    from . import common
+    from .common import emit, time_fn
 
     dev = args.device
     out = []
@@ -70,15 +71,16 @@ def run(args) -> list[dict]:
             x = _rows(kind, args.rows, d, dev)
             k, dev_rel, recall = _stats(x, args.fraction)
             ms = time_fn(lambda: statistical_topk(x, fraction=k / d), dev)
-            out.append(dict(impl="statistical_topk", shape=f"{args.rows}x{d} {kind}", **{"pass": "fwd"}, ms=ms,
-                            tokens=args.rows,
+            out.append(emit(dict(impl="statistical_topk", shape=f"{args.rows}x{d} {kind}", **{"pass": "fwd"}, ms=ms,
+                            tokens=args.rows, bytes=2 * x.numel() * x.element_size(),
                             note=f"k={k}: |count-k|/k {dev_rel:.3f} (sqrt(log d/d) {math.sqrt(math.log(d) / d):.3f}), "
-                                 f"recall {recall:.3f}"))
+                                 f"recall {recall:.3f}")))
         x = _rows("gaussian", args.rows, d, dev)
+        out.append(common.copy_row(x, f"{args.rows}x{d}"))
         k = max(1, round(args.fraction * d))
         ms = time_fn(lambda: torch.zeros_like(x).scatter_(-1, torch.topk(x, k).indices, 1.0), dev)
-        out.append(dict(impl="torch.topk + scatter", shape=f"{args.rows}x{d} gaussian", **{"pass": "fwd"}, ms=ms,
-                        tokens=args.rows, note=f"k={k}: exact"))
+        out.append(emit(dict(impl="torch.topk + scatter", shape=f"{args.rows}x{d} gaussian", **{"pass": "fwd"},
+                             ms=ms, tokens=args.rows, bytes=2 * x.numel() * x.element_size(), note=f"k={k}: exact")))
     if args.model:
         for i, x in enumerate(_model_rows(args.model, args.rows, dev)):
             k, dev_rel, recall = _stats(x, args.fraction)
