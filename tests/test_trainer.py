@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -357,7 +358,17 @@ def test_two_process_cpu_run(tmp_path, cache_dir):
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), "--cpu",
            str(REPO / "train.py"), str(cfg)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    if res.returncode != 0 and "(SIGABRT)" in res.stderr and "Traceback" not in res.stderr.split("(SIGABRT)")[0]:
+        # A worker killed by an abort inside the C++ runtime (gloo/OpenMP), not by a Python error of ours: seen
+        # once on a loaded CI machine and never reproduced. Rerun once and keep the first log beside the run.
+        (tmp_path / "first_attempt.log").write_text(res.stdout + "\n" + res.stderr)
+        warnings.warn("two-process run: a worker aborted (SIGABRT) in the C++ runtime; rerunning once")
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    if res.returncode != 0:
+        errors = [line for line in res.stderr.splitlines()
+                  if any(w in line for w in ("Error", "error:", "terminate", "Traceback", "Abort", "what()"))]
+        pytest.fail("two-process run failed; error lines:\n" + "\n".join(errors[:40]) + "\n--- stdout tail:\n"
+                    + res.stdout[-2000:] + "\n--- stderr tail:\n" + res.stderr[-2000:])
     info = json.loads((out / "run_info.json").read_text())
     assert info["hardware"]["num_processes"] == 2
     recs = losses(out)
