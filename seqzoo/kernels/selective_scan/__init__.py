@@ -8,8 +8,8 @@ Per sequence and channel d, with the state ``x`` an ``[N]`` vector (fp32) and th
 With ``delta``, ``B`` and ``C`` not depending on the input (broadcast the same values over batch and time) it
 is a diagonal linear time-invariant SSM (S4D); with N = 1 it is a per-channel damped EMA (MEGA): README.md.
 
-Backends (``backend=``): ``"reference"`` the per-token loop (reference.py), ``"torch"`` the two-level chunked
-scan in PyTorch (torch_chunk.py, the CPU path), ``"triton"`` the chunked Triton kernels (triton_chunk.py;
+Backends (``backend=``): ``"reference"`` the per-token loop (reference.py), ``"torch"`` the token-by-token
+scan in PyTorch with a hand-written backward (torch_chunk.py, the CPU path), ``"triton"`` the chunked Triton kernels (triton_chunk.py;
 without autograd and for T ≤ 64 the token-by-token kernel of triton_recurrent.py, for decoding), ``"auto"``
 Triton on CUDA and torch otherwise (see ``seqzoo.kernels._backend``).
 """
