@@ -291,10 +291,12 @@ def figures(sweep: Sweep, rows: list[dict], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     xk = _x_key(sweep)
     setting_keys = list(dict.fromkeys(k for s in sweep.settings for k in s))
-    settings = sorted({tuple(r.get(k) for k in setting_keys) for r in rows}, key=lambda t: tuple(str(x) for x in t))
+    settings = sorted({tuple(r.get(k) for k in setting_keys) for r in rows},  # numbers in numeric order
+                      key=lambda t: tuple((0, x, "") if isinstance(x, (int, float)) else (1, 0, str(x)) for x in t))
     archs = sorted({r["arch"] for r in rows})
     paths = []
     fig, axes = plt.subplots(1, max(len(settings), 1), figsize=(4.2 * max(len(settings), 1), 3.6), squeeze=False)
@@ -316,18 +318,25 @@ def figures(sweep: Sweep, rows: list[dict], out: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for arch in archs:
-        pts = sorted((r["state_size"], r["metric"]) for r in rows if r["arch"] == arch and r["state_size"])
-        if pts:
-            grows = any(r["state_grows_with_T"] for r in rows if r["arch"] == arch)
-            ax.plot(*zip(*pts), marker="o", linestyle=":" if grows else "-", label=arch + (" (KV cache)" if grows else ""))
-    ax.set_xscale("log")
-    ax.set_xlabel("recurrent state per sequence (numbers)")
-    ax.set_ylabel(sweep.metric)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # one panel per setting, as for width: points of different lengths are different tasks
+    fig, axes = plt.subplots(1, max(len(settings), 1), figsize=(4.2 * max(len(settings), 1), 3.6), squeeze=False)
+    for ax, st in zip(axes[0], settings):
+        for arch in archs:
+            sel = [r for r in rows if r["arch"] == arch and r["state_size"] and
+                   tuple(r.get(k) for k in setting_keys) == st]
+            pts = sorted((r["state_size"], r["metric"]) for r in sel)
+            if pts:
+                grows = any(r["state_grows_with_T"] for r in sel)
+                ax.plot(*zip(*pts), marker="o", linestyle=":" if grows else "-",
+                        label=arch + (" (KV cache)" if grows else ""))
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels collide on a short range
+        ax.set_title(", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in zip(setting_keys, st)), fontsize=9)
+        ax.set_xlabel("recurrent state per sequence (numbers)")
+        ax.set_ylabel(sweep.metric)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     paths.append(out / "metric_vs_state_size.png")
     fig.savefig(paths[-1], dpi=120)
