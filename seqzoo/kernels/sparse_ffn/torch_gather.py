@@ -30,9 +30,10 @@ def sparse_ffn_torch(a, x, w_value, w_down):
     if N == 1:
         idx = a[0].nonzero().squeeze(1)  # [K]
         h = a[0, idx].float() * (w_value.index_select(0, idx).float() @ x[0].float())  # [K]
-        if idx.numel() == 0 or w_down.requires_grad or h.requires_grad or w_down.dtype != torch.float32:
+        differentiable = torch.is_grad_enabled() and (w_down.requires_grad or h.requires_grad)
+        if idx.numel() == 0 or differentiable or w_down.dtype != torch.float32:
             o = h @ w_down.index_select(0, idx).float()
-        else:  # inference in fp32: sum the K weighted rows in place, no copy of them
+        else:  # inference in fp32 (a Parameter under no_grad too): sum the K weighted rows, no copy of them
             o = F.embedding_bag(idx[None], w_down, per_sample_weights=h[None], mode="sum")[0]
         return o[None].to(x.dtype)
     idx, a_sel, _ = survivors(a)
