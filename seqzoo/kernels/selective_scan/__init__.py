@@ -9,9 +9,9 @@ With ``delta``, ``B`` and ``C`` not depending on the input (broadcast the same v
 is a diagonal linear time-invariant SSM (S4D); with N = 1 it is a per-channel damped EMA (MEGA): README.md.
 
 Backends (``backend=``): ``"reference"`` the per-token loop (reference.py), ``"torch"`` the token-by-token
-scan in PyTorch with a hand-written backward (torch_chunk.py, the CPU path), ``"triton"`` the chunked Triton kernels (triton_chunk.py;
-without autograd and for T ≤ 64 the token-by-token kernel of triton_recurrent.py, for decoding), ``"auto"``
-Triton on CUDA and torch otherwise (see ``seqzoo.kernels._backend``).
+scan in PyTorch with a hand-written backward (torch_scan.py, the CPU path), ``"triton"`` the chunked Triton
+kernels (triton_chunk.py; without autograd and for T ≤ 64 the token-by-token kernel of triton_recurrent.py,
+for decoding), ``"auto"`` Triton on CUDA and torch otherwise (see ``seqzoo.kernels._backend``).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def selective_scan(
 
         return selective_scan_reference(u, delta, A, B, C, **kwargs)
     if backend == "torch":
-        from .torch_chunk import selective_scan_torch
+        from .torch_scan import selective_scan_torch
 
         return selective_scan_torch(u, delta, A, B, C, **kwargs)
     if A.shape[1] > MAX_TRITON_STATE:
