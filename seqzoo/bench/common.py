@@ -94,6 +94,25 @@ def time_fn(fn: Callable[[], object], device: torch.device, *, warmup_ms: float 
     return ms
 
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def pass_callable(fwd: Callable[[], torch.Tensor], inputs, backward: bool) -> tuple[Callable[[], object], str]:
+    """What a bench times for one pass: ``fwd()`` under ``no_grad``, or ``fwd()`` and the gradients of
+    ``inputs`` for a fixed random output gradient. Returns ``(callable, "")``, the shape of a bench's make-call."""
+    if not backward:
+        def run_fwd():
+            with torch.no_grad():
+                return fwd()
+        return run_fwd, ""
+    dy = torch.randn_like(fwd())
+
+    def run_bwd():
+        return torch.autograd.grad(fwd(), inputs, dy)
+
+    return run_bwd, ""
+
+
 def copy_row(x: torch.Tensor, shape: str) -> dict:
     """The bandwidth ceiling the same run measures: ``y.copy_(x)`` over a tensor the size of an op's input
     (one read and one write), emitted as a row named ``copy`` for a memory-bound op to be compared with."""

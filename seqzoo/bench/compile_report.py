@@ -133,7 +133,9 @@ def capture_launches():
 
 
 def _dt(name: str) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+    from .common import DTYPES
+
+    return DTYPES[name]
 
 
 def _grad_all(outs, ins):

@@ -95,18 +95,7 @@ def _make_call(impl: str, B, T, H, D, dtype, device, bwd: bool):
             return op(q, k, v, beta, output_final_state=False)[0]
     else:
         raise ValueError(f"delta_rule bench: unknown impl {impl!r}; use triton, sdpa, fla, torch, reference")
-    if not bwd:
-        def run():
-            with torch.no_grad():
-                return fwd()
-        return run, ""
-    do = torch.randn_like(fwd())
-
-    def run_bwd():
-        o = fwd()
-        return torch.autograd.grad(o, ins, do)
-
-    return run_bwd, ""
+    return common.pass_callable(fwd, ins, bwd)
 
 
 def run(args) -> list[dict]:
@@ -115,8 +104,7 @@ def run(args) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = _shapes(args.shapes or (GPU_SHAPES if on_gpu else ("1,64,2,16" if common.SMOKE else CPU_SHAPES)))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("bf16" if on_gpu else "fp32")]
+    dtype = common.DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
     impls = (args.impls or ("triton,sdpa,fla" if on_gpu else "torch,reference")).split(",")
     passes = args.passes.split(",")
     rows = []

@@ -96,17 +96,7 @@ def _make_call(impl, B, T, Dm, N, G, dtype, device, bwd: bool):
             return selective_scan_fn(uc, dc, A, Bc, Cc, D, zc, bias, delta_softplus=True)
     else:
         raise ValueError(f"selective_scan bench: unknown impl {impl!r}; use triton, sdpa, mamba_ssm, torch, reference")
-    if not bwd:
-        def run():
-            with torch.no_grad():
-                return fwd()
-        return run, ""
-    dy = torch.randn_like(fwd())
-
-    def run_bwd():
-        return torch.autograd.grad(fwd(), ins, dy)
-
-    return run_bwd, ""
+    return common.pass_callable(fwd, ins, bwd)
 
 
 def run(args) -> list[dict]:
@@ -115,8 +105,7 @@ def run(args) -> list[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     shapes = _shapes(args.shapes or (GPU_SHAPES if on_gpu else ("1,64,32,4" if common.SMOKE else CPU_SHAPES)))
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
-        args.dtype or ("bf16" if on_gpu else "fp32")]
+    dtype = common.DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")]
     impls = (args.impls or ("triton,sdpa,mamba_ssm" if on_gpu else "torch,reference")).split(",")
     G = args.groups
     rounds = args.rounds or (1 if on_gpu or common.SMOKE else 3)

@@ -100,3 +100,26 @@ def test_check_varlen_host_copy():
         B.check_varlen("op", cu, 1, 7, cu_seqlens_cpu=torch.tensor([0, 7]))
     with pytest.raises(ValueError, match="must start at 0 and end at T=7"):
         B.check_varlen("op", cu, 1, 7, cu_seqlens_cpu=torch.tensor([0, 3, 8]))  # the host copy is what is checked
+
+
+def test_autotune_trials_expose_an_in_place_kernel(triton_device):
+    """The suite's autotune emulation (conftest) runs a timing trial before the real launch, as a GPU does: a
+    kernel that adds into its output in place gives +2 without restore_value, +1 with it."""
+    if triton_device.type == "cuda":
+        pytest.skip("on a GPU the real autotuner runs; this checks the interpreter's emulation of it")
+    import triton
+    import triton.language as tl
+
+    def make(restore):
+        @triton.autotune(configs=B.autotune_configs({}, num_warps=[4, 8], num_stages=[1]), key=["N"],
+                         restore_value=["x"] if restore else None)
+        @triton.jit
+        def add_one(x, N: tl.constexpr):
+            o = tl.arange(0, N)
+            tl.store(x + o, tl.load(x + o) + 1.0)
+        return add_one
+
+    for restore, expected in ((False, 2.0), (True, 1.0)):
+        x = torch.zeros(16, device=triton_device)
+        make(restore)[(1,)](x, N=16)  # conftest's session fixture has the emulation on under the interpreter
+        assert torch.all(x == expected), (restore, x)
