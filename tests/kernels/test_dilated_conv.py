@@ -57,6 +57,17 @@ def test_torch_matches_reference(case, device, nan_empty):
     _run_case("torch", case, device)
 
 
+@pytest.mark.parametrize("rows", [5, 16])
+def test_torch_streams_blocks_shorter_and_longer_than_the_history(rows, device, monkeypatch):
+    """The CPU forward streams time blocks (~1024 tokens in use, so the cases above fit in one): blocks shorter
+    than a level's history (P = 2, 6, 18 here) and longer ones, carried between blocks, must give the same."""
+    from seqzoo.kernels.dilated_conv import torch_stream
+
+    monkeypatch.setattr(torch_stream, "_block_rows", lambda batch, channels: rows)
+    _run_case("torch", (2, 61, 6, 3, 3, 3, "silu", True, True), device)
+    _run_case("torch", (1, 45, 5, 3, 2, 2, "gelu", False, False), device)
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("case", TRITON_CASES)
 def test_triton_matches_reference(case, triton_device, nan_empty):
