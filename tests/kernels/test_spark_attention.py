@@ -91,9 +91,11 @@ def test_low_precision(backend, device, triton_device, nan_empty):
     _compare(backend, dev, 1, 40, 40, 2, 1, 32, 32, 16, 64, tol=5e-3, dtype=torch.float16)
 
 
-@pytest.mark.parametrize("Hkv,masked", [(2, False), (1, True)])
+@pytest.mark.parametrize("Hkv,masked", [(2, False), (1, True), (1, False)])
 def test_decode_step_matches_reference(Hkv, masked, device):
-    """The generation path (split cache [B, Hkv, T, *], one query) against the reference's last row."""
+    """The generation path (split cache [B, Hkv, T, *], one query) against the reference's last row; the cache
+    as contiguous tensors, as ZooCache.append's views of a larger buffer, and as strided slices of one
+    [B, Hkv, T, D] tensor (which take the gather fallback)."""
     B, T, H, D, r = 2, 300, 2, 24, 10
     x = _inputs(B, 1, T, H, Hkv, D, 16, torch.float32, device)
     key_mask = None
@@ -105,6 +107,19 @@ def test_decode_step_matches_reference(Hkv, masked, device):
     got = spark_attention_decode(x["q"][:, 0], k[..., :r].contiguous(), k[..., r:].contiguous(),
                                  x["v"].transpose(1, 2).contiguous(), top_k=32, key_mask=key_mask)
     assert_close("decode", got, want, 1e-5)
+    from seqzoo.architectures.base import ZooCache
+
+    cache = ZooCache(1)
+    for t0 in range(0, T, 97):  # grown in pieces: views with head strides of the buffer's capacity
+        for name, part in (("k1", k[..., :r]), ("k2", k[..., r:]), ("v", x["v"].transpose(1, 2))):
+            cache.append(0, name, part[:, :, t0:t0 + 97], dim=2)
+    st = cache[0]
+    assert not st["k1"].is_contiguous()
+    got = spark_attention_decode(x["q"][:, 0], st["k1"], st["k2"], st["v"], top_k=32, key_mask=key_mask)
+    assert_close("decode from cache views", got, want, 1e-5)
+    got = spark_attention_decode(x["q"][:, 0], k[..., :r], k[..., r:], x["v"].transpose(1, 2), top_k=32,
+                                 key_mask=key_mask)
+    assert_close("decode from strided slices", got, want, 1e-5)
     short = spark_attention_decode(x["q"][:, 0], k[:, :, :20, :r], k[:, :, :20, r:], x["v"].transpose(1, 2)[:, :, :20],
                                    top_k=32)  # fewer keys than top_k: every key counts
     want_short = spark_attention_reference(x["q"], x["k"][:, :20], x["v"][:, :20], r, top_k=32)[:, 0]

@@ -122,8 +122,7 @@ class SparkAttention(nn.Module):
             state = cache[self.layer_idx]
             parts = {"k1": k[..., :r], "k2": k[..., r:], "v": v}
             for name, x in parts.items():  # [B, Hkv, S, *] head-major: a head's keys are contiguous
-                x = x.transpose(1, 2)
-                state[name] = torch.cat([state[name], x], dim=2) if name in state else x.contiguous()
+                cache.append(self.layer_idx, name, x.transpose(1, 2), dim=2)
             if T == 1 and not torch.is_grad_enabled():  # decoding: read r dims of every key, the rest of a few
                 o = spark_attention_decode(q[:, 0], state["k1"], state["k2"], state["v"], top_k=self.top_k,
                                            key_mask=key_mask)[:, None]  # [B, 1, H, D]

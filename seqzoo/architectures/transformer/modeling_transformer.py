@@ -115,11 +115,8 @@ class Attention(nn.Module):
             position_ids = (offset + torch.arange(T, device=q.device))[None].expand(B, T)
         q, k = self.rotary(q, k, position_ids)
         if cache is not None:
-            state = cache[self.layer_idx]
-            if "k" in state:
-                k = torch.cat([state["k"], k], dim=1)  # [B, S, Hkv, D]
-                v = torch.cat([state["v"], v], dim=1)
-            state["k"], state["v"] = k, v
+            k = cache.append(self.layer_idx, "k", k, dim=1)  # [B, S, Hkv, D]
+            v = cache.append(self.layer_idx, "v", v, dim=1)
         impl = getattr(self.config, "_attn_implementation", None) or "sdpa"
         if impl not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {impl!r}")

@@ -92,7 +92,8 @@ def spark_attention_decode(q, k1, k2, v, top_k=256, scale=None, key_mask=None):
     Args:
         q: ``[B, H, D]`` the new token's queries (D = r + D2), at the position of the last cached key.
         k1: ``[B, Hkv, T, r]`` the cached keys' predictor dims; k2: ``[B, Hkv, T, D2]`` their other dims;
-        v: ``[B, Hkv, T, Dv]``; key_mask: optional ``[B, T]`` (False: a padding key).
+        v: ``[B, Hkv, T, Dv]``; key_mask: optional ``[B, T]`` (False: a padding key). The caches may be views
+        with any batch and head strides (rows of the last dim contiguous), as ``ZooCache.append`` keeps them.
     Returns:
         ``[B, H, Dv]`` in q's dtype.
     """
@@ -102,33 +103,71 @@ def spark_attention_decode(q, k1, k2, v, top_k=256, scale=None, key_mask=None):
     scale = D**-0.5 if scale is None else scale
     qg = q.view(B, Hkv, G, D).to(k1.dtype)
     s1 = (qg[..., :r] @ k1.transpose(-1, -2)).float() * scale  # [B, Hkv, G, T]: reads only r dims per key
-    if key_mask is None and T <= top_k:
-        idx = None  # every key is selected: plain softmax over s1
-        vals, valid = s1, None
-    else:
-        if key_mask is None:
-            vis = torch.ones(1, 1, 1, T, dtype=torch.bool, device=q.device)
-        else:
-            vis = key_mask.bool()[:, None, None, :]
-        thr = _thresholds(s1, vis.expand_as(s1), z_table(top_k, T, q.device), top_k)
-        sel = vis & (s1 >= thr)
-        kmax = int(sel.sum(-1).max())
-        vals, idx = torch.topk(s1.masked_fill(~vis, float("-inf")), kmax, dim=-1, sorted=False)  # [B, Hkv, G, K]
-        valid = vals >= thr
-        if key_mask is not None:
-            valid = valid & sel.gather(-1, idx)
-    if idx is None:
+    if key_mask is None and T <= top_k:  # every key is selected: plain softmax over s1
         k2s, vs = k2[:, :, None], v[:, :, None]  # [B, Hkv, 1, T, *]
+        logits = s1
     else:
-        flat = idx.reshape(B, Hkv, G * idx.shape[-1], 1)
-        k2s = k2.gather(2, flat.expand(-1, -1, -1, k2.shape[-1])).view(B, Hkv, G, -1, k2.shape[-1])
-        vs = v.gather(2, flat.expand(-1, -1, -1, v.shape[-1])).view(B, Hkv, G, -1, v.shape[-1])
-    logits = vals if valid is None else vals.masked_fill(~valid, float("-inf"))
+        if key_mask is None:  # every key visible: the statistics of whole rows (no masking passes)
+            mean = s1.mean(-1, keepdim=True)
+            var = (s1 - mean).square_().mean(-1, keepdim=True)
+            theta = mean + var.clamp_min_(TINY_VAR).sqrt_() * _z(top_k, T, q.device)
+            thr = torch.minimum(theta, s1.amax(-1, keepdim=True))
+            sel = s1 >= thr
+        else:
+            vis = key_mask.bool()[:, None, None, :].expand_as(s1)
+            thr = _thresholds(s1, vis, z_table(top_k, T, q.device), top_k)
+            sel = vis & (s1 >= thr)
+        idx, valid = _selected_positions(sel)  # [B, Hkv, G, K]
+        K = idx.shape[-1]
+        flat = idx.view(B, Hkv, G * K)
+        k2s = _take_rows(k2, flat).view(B, Hkv, G, K, k2.shape[-1])
+        vs = _take_rows(v, flat).view(B, Hkv, G, K, v.shape[-1])
+        logits = s1.gather(-1, idx).masked_fill_(~valid, float("-inf"))
     p = torch.softmax(logits, dim=-1)  # [B, Hkv, G, K]
     s2 = (k2s @ qg[..., r:, None].to(k2s.dtype)).squeeze(-1).float() * scale  # [B, Hkv, G, K]
     w = (p * F.softplus(s2)).to(vs.dtype)
     o = (w[..., None, :] @ vs).squeeze(-2)  # [B, Hkv, G, Dv]
     return o.reshape(B, H, -1).to(q.dtype)
+
+
+def _z(top_k, n, device):
+    """``z_table(top_k, n)[n]`` alone (the same float64 arithmetic), without building the table."""
+    return torch.special.ndtri(torch.tensor(1.0 - top_k / n, dtype=torch.float64)).float().to(device)
+
+
+def _selected_positions(sel):
+    """``sel [..., T]`` bool -> ``(idx, valid)`` ``[..., K]``, K = the most selected in a row: each row's selected
+    positions, padded with position 0 (``valid`` False). One ``nonzero`` and a scatter: ~2x faster than
+    ``topk`` over the scores on CPU."""
+    shape, T = sel.shape[:-1], sel.shape[-1]
+    R = sel.numel() // max(T, 1)
+    flat = sel.reshape(-1).nonzero().squeeze(1)  # row-major: a row's positions in order
+    row = flat // T
+    col = flat - row * T
+    counts = torch.bincount(row, minlength=R)
+    K = max(int(counts.max()), 1) if R else 1
+    pos = torch.arange(flat.shape[0], device=sel.device) - (counts.cumsum(0) - counts)[row]
+    idx = torch.zeros(R, K, dtype=torch.long, device=sel.device)
+    valid = torch.zeros(R, K, dtype=torch.bool, device=sel.device)
+    idx[row, pos] = col
+    valid[row, pos] = True
+    return idx.view(*shape, K), valid.view(*shape, K)
+
+
+def _take_rows(x, idx):
+    """``x [B, Hkv, T, E]``, ``idx [B, Hkv, M]`` -> ``x[b, h, idx[b, h, m]]`` ``[B, Hkv, M, E]``.
+
+    When x's rows are contiguous and its batch / head strides are whole rows (a contiguous tensor or a cache
+    view), one ``index_select`` of whole rows on a flat row view: ~3x faster than ``torch.gather`` on CPU."""
+    B, Hkv, T, E = x.shape
+    sb, sh, st, se = x.stride()
+    if se != 1 or st != E or sb % E or sh % E:
+        return x.gather(2, idx[..., None].expand(-1, -1, -1, E))
+    first = (torch.arange(B, device=x.device)[:, None] * (sb // E)
+             + torch.arange(Hkv, device=x.device)[None, :] * (sh // E))  # [B, Hkv]: the row of (b, h, 0)
+    n_rows = (B - 1) * (sb // E) + (Hkv - 1) * (sh // E) + T
+    rows = x.as_strided((n_rows, E), (E, 1))  # every row x's (b, h, t) can name, at x's storage offset
+    return rows.index_select(0, (first[..., None] + idx).reshape(-1)).view(B, Hkv, -1, E)
 
 
 @torch.no_grad()
