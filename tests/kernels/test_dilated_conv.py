@@ -68,6 +68,17 @@ def test_torch_streams_blocks_shorter_and_longer_than_the_history(rows, device, 
     _run_case("torch", (1, 45, 5, 3, 2, 2, "gelu", False, False), device)
 
 
+def test_torch_inference_equals_training_forward(device):
+    """Under no_grad the torch path saves no levels for a backward; its outputs must not change."""
+    inp = {k: v.requires_grad_(True) for k, v in _inputs(2, 50, 6, 3, 3, 2, device).items()}
+    kw = dict(dilation_base=2, activation="silu", output_final_state=True, backend="torch")
+    y, s = dilated_conv(**inp, **kw)
+    assert y.requires_grad
+    with torch.no_grad():
+        y0, s0 = dilated_conv(**inp, **kw)
+    assert torch.equal(y0, y.detach()) and torch.equal(s0, s.detach())
+
+
 @pytest.mark.triton
 @pytest.mark.parametrize("case", TRITON_CASES)
 def test_triton_matches_reference(case, triton_device, nan_empty):

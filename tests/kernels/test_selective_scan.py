@@ -93,7 +93,7 @@ def test_gradient_through_final_state_only(backend, device, triton_device, nan_e
 
 
 def test_torch_long_sequence(device):
-    """Many chunks of the two-level scan (T = 1000, not a multiple of the chunk)."""
+    """A long sequence through the token loop (T = 1000)."""
     Bsz, T, Dm, G, N = 1, 1000, 8, 1, 4
     inputs = _inputs(Bsz, T, Dm, G, N, Bsz, torch.float32, device)
     gos = _grads_out(Bsz, T, Dm, N, Bsz, device)
@@ -101,6 +101,19 @@ def test_torch_long_sequence(device):
     out, grads = forward_backward(selective_scan, inputs, gos, backend="torch", **kw)
     ref_out, ref_grads = _reference(inputs, gos, **kw)
     assert_all_close("torch T=1000", out, ref_out, grads, ref_grads, TOL[torch.float32])
+
+
+def test_torch_inference_equals_training_forward(device):
+    """Under no_grad the torch path keeps no states for a backward; its outputs must not change."""
+    inputs = _inputs(2, 37, 8, 2, 4, 2, torch.float32, device)
+    kw = dict(delta_softplus=True, output_final_state=True, backend="torch")
+    leaves = {k: v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+              for k, v in inputs.items()}
+    y, h = selective_scan(**leaves, **kw)
+    assert y.requires_grad
+    with torch.no_grad():
+        y0, h0 = selective_scan(**leaves, **kw)
+    assert torch.equal(y0, y.detach()) and torch.equal(h0, h.detach())
 
 
 def test_reference_is_the_recurrence():

@@ -24,7 +24,9 @@ Contract (every mixer follows it; the Block calls nothing else):
 
 A stateful mixer keeps its state in ``cache[layer_idx]`` and, given the state, processes the next tokens so
 that "prefix, then one token at a time" equals the full forward. The cache's ``seen_tokens`` is advanced by
-the backbone, not by mixers.
+the backbone, not by mixers. A state that grows with the sequence (a KV cache) grows through
+``cache.append(layer_idx, name, x, dim)``: amortised O(new tokens), where ``torch.cat`` onto the old tensor
+would copy the whole cache every decode step.
 
 Padding. Pad tokens (``attention_mask == 0``) must not change any output at a real token, nor the state.
 A mixer whose kernel takes packed sequences (``cu_seqlens``) runs a padded batch packed: ``padding.pack``
