@@ -83,6 +83,20 @@ def check_generate_greedy(model, vocab: int, prefix: int = 6, new: int = 8):
     assert torch.equal(gen, seq), f"generate() {gen.tolist()} != argmax loop {seq.tolist()}"
 
 
+def check_generate_left_padded(model, long: int = 7, short: int = 4, new: int = 5):
+    """A left-padded batch through generate() gives each row what it gives alone."""
+    a, b = torch.randint(0, 256, (1, long)), torch.randint(0, 256, (1, short))
+    pad = model.config.pad_token_id
+    ids = torch.cat([a, torch.cat([torch.full((1, long - short), pad), b], 1)])
+    mask = torch.tensor([[1] * long, [0] * (long - short) + [1] * short])
+    kw = dict(max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=pad)
+    with torch.no_grad():
+        batched = model.generate(ids, attention_mask=mask, **kw)
+        alone_a, alone_b = model.generate(a, **kw), model.generate(b, **kw)
+    assert torch.equal(batched[0], alone_a[0])
+    assert torch.equal(batched[1, long - short:], alone_b[0])
+
+
 def check_save_load(model, vocab: int, path, remote_code: bool = True):
     """save_pretrained -> AutoModelForCausalLM.from_pretrained gives identical logits, in this process and in a
     fresh one that never imports seqzoo (trust_remote_code through the saved shim)."""

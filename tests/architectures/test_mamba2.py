@@ -37,15 +37,7 @@ def test_generate_equals_argmax_loop(model):
 
 
 def test_generate_with_left_padding_matches_unpadded(model):
-    a, b = torch.randint(0, 256, (1, 7)), torch.randint(0, 256, (1, 4))
-    pad = model.config.pad_token_id
-    ids = torch.cat([a, torch.cat([torch.full((1, 3), pad), b], 1)])
-    mask = torch.tensor([[1] * 7, [0] * 3 + [1] * 4])
-    kw = dict(max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=pad)
-    with torch.no_grad():
-        batched = model.generate(ids, attention_mask=mask, **kw)
-        alone_b = model.generate(b, **kw)
-    assert torch.equal(batched[1, 3:], alone_b[0])
+    common.check_generate_left_padded(model)
 
 
 def test_save_load_round_trip(model, tmp_path):

@@ -54,16 +54,7 @@ def test_classification_padded_equals_unpadded(pooling, side):
 
 def test_generate_with_left_padding_matches_unpadded():
     torch.manual_seed(0)
-    m = common.tiny_lm("spark", **TINY)
-    a, b = torch.randint(0, 256, (1, 9)), torch.randint(0, 256, (1, 6))
-    pad = m.config.pad_token_id
-    ids = torch.cat([a, torch.cat([torch.full((1, 3), pad), b], 1)])
-    mask = torch.tensor([[1] * 9, [0] * 3 + [1] * 6])
-    kw = dict(max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=pad)
-    with torch.no_grad():
-        batched = m.generate(ids, attention_mask=mask, **kw)
-        alone_b = m.generate(b, **kw)
-    assert torch.equal(batched[1, 3:], alone_b[0])
+    common.check_generate_left_padded(common.tiny_lm("spark", **TINY), long=9, short=6, new=5)
 
 
 def test_presets_pick_the_layers():

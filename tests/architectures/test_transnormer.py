@@ -69,17 +69,7 @@ def test_generate_equals_argmax_loop(model):
 
 
 def test_generate_with_left_padding_matches_unpadded():
-    model = common.tiny_lm("transnormer", use_decay=True, **TINY)
-    a, b = torch.randint(0, 256, (1, 7)), torch.randint(0, 256, (1, 5))
-    pad = model.config.pad_token_id
-    ids = torch.cat([a, torch.cat([torch.full((1, 2), pad), b], 1)])
-    mask = torch.tensor([[1] * 7, [0] * 2 + [1] * 5])
-    kw = dict(max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=pad)
-    with torch.no_grad():
-        batched = model.generate(ids, attention_mask=mask, **kw)
-        alone_a, alone_b = model.generate(a, **kw), model.generate(b, **kw)
-    assert torch.equal(batched[0], alone_a[0])
-    assert torch.equal(batched[1, 2:], alone_b[0])
+    common.check_generate_left_padded(common.tiny_lm("transnormer", use_decay=True, **TINY), long=7, short=5, new=6)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -118,7 +118,7 @@ def list_architectures() -> dict[str, type]:
     return dict(ARCHITECTURES)
 
 
-def write_remote_shim(save_directory, config_class=None) -> None:
+def write_remote_shim(save_directory) -> None:
     """Write ``seqzoo_remote.py`` so that trust_remote_code loading finds the installed seqzoo classes. One shim
     for every checkpoint: it imports the classes of every registered architecture and the tokenizer, so a model
     and a tokenizer saved into the same folder (in any order) write the same file."""
