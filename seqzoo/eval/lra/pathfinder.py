@@ -324,6 +324,28 @@ def generate_pathfinder(num_examples: int, seed: int, geometry: PathfinderGeomet
     return pixels, labels
 
 
+def marker_distance_baseline(num_examples: int, seed: int, geometry: PathfinderGeometry | None = None) -> float:
+    """The accuracy of the best threshold on the distance between the two markers (close: label 1), over
+    ``num_examples`` generated images with balanced labels: what a model gets without following any contour.
+    The two ends of one short contour are close together, so this shortcut is strong at short contour lengths
+    (README.md gives the numbers)."""
+    g = geometry or PathfinderGeometry()
+    g.validate()
+    rng = np.random.default_rng(int(seed))
+    labels = np.arange(num_examples) % 2
+    dist = np.empty(num_examples)
+    for i, label in enumerate(labels):
+        sample = generate_sample(rng, int(label), g)
+        a, b = (contour_ends(sample.contours[c])[end] for c, end in sample.markers)
+        dist[i] = np.linalg.norm(a - b)
+    order = np.argsort(dist, kind="stable")
+    # threshold after the first j sorted distances: those j say 1, the rest 0
+    ones_before = np.concatenate([[0], np.cumsum(labels[order])])
+    j = np.arange(num_examples + 1)
+    correct = ones_before + (num_examples - j) - (labels.sum() - ones_before)
+    return float(correct.max() / num_examples)
+
+
 def condition_length(condition: str) -> int | None:
     """Contour length of a release condition name (``curv_contour_length_14`` -> 14; baseline -> 6)."""
     if condition == "curv_baseline":

@@ -152,3 +152,24 @@ def test_split_matches_torch_random_split():
     ref = torch.utils.data.random_split(range(n), [n - 20, 10, 10], generator=torch.Generator().manual_seed(42))
     for name, subset in zip(("train", "valid", "test"), ref):
         assert list(parts[name]) == list(subset.indices)
+
+
+def test_marker_distance_baseline_is_the_best_threshold_and_weakens_with_length():
+    """The shortcut's accuracy equals a brute-force search over thresholds on the same images, and the ends of
+    one contour are easier to tell apart by distance when contours are short."""
+    n, seed = 120, 3
+    short = pf.PathfinderGeometry(contour_length=6)
+    got = pf.marker_distance_baseline(n, seed, short)
+    rng = np.random.default_rng(seed)
+    dist, labels = [], []
+    for i in range(n):
+        s = pf.generate_sample(rng, i % 2, short)
+        a, b = (pf.contour_ends(s.contours[c])[e] for c, e in s.markers)
+        dist.append(float(np.hypot(*(a - b))))
+        labels.append(i % 2)
+    dist, labels = np.array(dist), np.array(labels)
+    cuts = np.concatenate([[-1.0], np.sort(dist)])
+    best = max(((dist <= c) == labels).mean() for c in cuts)
+    assert got == pytest.approx(best)
+    assert got > 0.75
+    assert pf.marker_distance_baseline(n, seed, pf.PathfinderGeometry(contour_length=14)) < got
