@@ -80,6 +80,6 @@ class ZooCache:
 
 def _is_leading_view(t: torch.Tensor, room: torch.Tensor, dim: int) -> bool:
     """Is ``t`` exactly ``room.narrow(dim, 0, t.shape[dim])`` (same storage, start, strides, other sizes)?"""
-    return (t.dim() == room.dim() and t.data_ptr() == room.data_ptr() and t.dtype == room.dtype and t.device == room.device
-            and t.stride() == room.stride()
+    return (t.dim() == room.dim() and t.data_ptr() == room.data_ptr() and t.dtype == room.dtype
+            and t.device == room.device and t.stride() == room.stride()
             and all(a == b for i, (a, b) in enumerate(zip(t.shape, room.shape)) if i != dim))
