@@ -66,9 +66,12 @@ def test_presets_pick_the_layers():
                      "attention": {("SparkAttention", "SwiGLU")}}
 
 
-def test_spark_ffn_sparse_path_equals_dense_and_has_no_extra_parameters():
-    """The gather path (decoding) and the masked dense path give the same numbers; the FFN has the
-    parameters of one d-wide input projection plus the down projection."""
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_spark_ffn_sparse_path_equals_dense_and_has_no_extra_parameters(native, monkeypatch):
+    """The gather paths (decoding: several tokens; one token, by the C kernel or by PyTorch ops) and the masked
+    dense path give the same numbers; the FFN has the parameters of one d-wide input projection plus the down
+    projection."""
+    monkeypatch.setenv("SEQZOO_NATIVE", native)
     torch.manual_seed(0)
     m = common.tiny_lm("spark", **dict(TINY, hidden_size=48), intermediate_size=200)
     ffn = m.model.layers[0].ffn
@@ -76,9 +79,11 @@ def test_spark_ffn_sparse_path_equals_dense_and_has_no_extra_parameters():
     x = torch.randn(1, 3, 48)
     with torch.no_grad():
         sparse = ffn(x)  # 3 tokens <= sparse_max_tokens: gather path
+        one = torch.cat([ffn(x[:, i:i + 1]) for i in range(3)], 1)  # the one-token path
         ffn.settings.sparse_max_tokens = 0
         dense = ffn(x)
     common.assert_close("sparse vs dense FFN", sparse, dense, 1e-6)
+    common.assert_close("one token vs dense FFN", one, dense, 1e-6)
     a = ffn.activations(x)
     assert 0.0 < (a != 0).float().mean().item() < 0.2  # about 8% of 200 neurons
 

@@ -91,11 +91,14 @@ def test_low_precision(backend, device, triton_device, nan_empty):
     _compare(backend, dev, 1, 40, 40, 2, 1, 32, 32, 16, 64, tol=5e-3, dtype=torch.float16)
 
 
+@pytest.mark.parametrize("native", ["1", "0"])
 @pytest.mark.parametrize("Hkv,masked", [(2, False), (1, True), (1, False)])
-def test_decode_step_matches_reference(Hkv, masked, device):
+def test_decode_step_matches_reference(Hkv, masked, native, device, monkeypatch):
     """The generation path (split cache [B, Hkv, T, *], one query) against the reference's last row; the cache
     as contiguous tensors, as ZooCache.append's views of a larger buffer, and as strided slices of one
-    [B, Hkv, T, D] tensor (which take the gather fallback)."""
+    [B, Hkv, T, D] tensor (which take the gather fallback). On a CPU, without padding keys, the C kernel runs
+    unless SEQZOO_NATIVE=0."""
+    monkeypatch.setenv("SEQZOO_NATIVE", native)
     B, T, H, D, r = 2, 300, 2, 24, 10
     x = _inputs(B, 1, T, H, Hkv, D, 16, torch.float32, device)
     key_mask = None

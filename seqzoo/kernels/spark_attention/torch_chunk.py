@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..statistical_topk import quantile_multiplier
 from ..statistical_topk.reference import TINY_VAR
+from .native import spark_attention_decode_native
 from .reference import z_table
 
 # below this many scores (B·H·Tq·Tk; 64 MiB in fp32) the whole score matrix is one chunk and autograd keeps it;
@@ -103,6 +105,11 @@ def spark_attention_decode(q, k1, k2, v, top_k=256, scale=None, key_mask=None):
     scale = D**-0.5 if scale is None else scale
     qg = q.view(B, Hkv, G, D).to(k1.dtype)
     s1 = (qg[..., :r] @ k1.transpose(-1, -2)).float() * scale  # [B, Hkv, G, T]: reads only r dims per key
+    if key_mask is None and T > 0:  # the C kernel does the rest in one call when it can
+        z = 0.0 if T <= top_k else quantile_multiplier(top_k, T)
+        o = spark_attention_decode_native(s1, qg[..., r:], k2, v, z, T <= top_k, scale)
+        if o is not None:
+            return o.reshape(B, H, -1).to(q.dtype)
     if key_mask is None and T <= top_k:  # every key is selected: plain softmax over s1
         k2s, vs = k2[:, :, None], v[:, :, None]  # [B, Hkv, 1, T, *]
         logits = s1

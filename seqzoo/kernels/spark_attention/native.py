@@ -1,0 +1,54 @@
+"""The C version of one Spark-Attention decoding step after the predictor scores (``decode_step.c``, built by
+:mod:`seqzoo.kernels._native`): per row the threshold, the selection, the selected keys' other dims and
+values and the weighted sum, in one call, in place of ~40 PyTorch ops (statistics, selection lists, gathers,
+softmax)."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from .._native import library, pointer
+
+_SOURCE = "spark_attention/decode_step.c"
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+
+
+def _function():
+    lib = library(_SOURCE)
+    if lib is None:
+        return None
+    fn = lib.spark_attention_decode_step
+    if fn.restype is not _I64:
+        fn.restype = _I64
+        fn.argtypes = [_PTR, _I64, _I64, _I64, _I64, ctypes.c_double, _I64, _PTR, _I64, _PTR, _I64, _I64, _PTR,
+                       _I64, _I64, _I64, ctypes.c_double, _PTR]
+    return fn
+
+
+def _rows_ok(x: torch.Tensor) -> bool:
+    """fp32 CPU ``[B, Hkv, T, E]`` whose rows are contiguous and follow each other (a cache view)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and x.stride(-1) == 1
+            and x.stride(-2) == x.shape[-1])
+
+
+def spark_attention_decode_native(s1: torch.Tensor, q2: torch.Tensor, k2: torch.Tensor, v: torch.Tensor, z: float,
+                                  select_all: bool, scale: float) -> torch.Tensor | None:
+    """``s1 [B, Hkv, G, T]`` fp32 scaled predictor scores, ``q2 [B, Hkv, G, D2]`` the query's other dims,
+    ``k2 [B, Hkv, T, D2]`` and ``v [B, Hkv, T, Dv]`` cache views (rows contiguous) -> ``[B, Hkv, G, Dv]`` fp32,
+    or None (the caller runs its PyTorch ops) when the C kernel is unavailable or the inputs are not of that
+    kind. ``z`` is the threshold's multiplier for T keys; ``select_all`` takes every key (T <= top_k)."""
+    if s1.device.type != "cpu" or s1.dtype != torch.float32 or q2.dtype != torch.float32:
+        return None
+    if not (_rows_ok(k2) and _rows_ok(v)):
+        return None
+    fn = _function()
+    if fn is None:
+        return None
+    B, Hkv, G, T = s1.shape
+    s1, q2 = s1.contiguous(), q2.contiguous()
+    out = torch.empty(B, Hkv, G, v.shape[-1], dtype=torch.float32)
+    fn(pointer(s1), B, Hkv, G, T, float(z), int(select_all), pointer(q2), q2.shape[-1], pointer(k2),
+       k2.stride(0), k2.stride(1), pointer(v), v.stride(0), v.stride(1), v.shape[-1], float(scale), pointer(out))
+    return out
