@@ -5,12 +5,16 @@ width, depth, heads and d_ff, in the same run, with a KV cache of ``--context`` 
 Random weights (the speed depends on the shapes and the kept fraction only); the cache is filled with random
 keys and values instead of a prefill (a 4096-token prefill at width 2048 would dominate the run). The
 vocabulary is the byte tokenizer's 259, so the LM head is negligible. ``--sparsity ffn|attention`` measures one
-half of Spark alone.
+half of Spark alone. Spark runs twice: with its C decode kernels (the default on a CPU) and with
+``SEQZOO_NATIVE=0`` (PyTorch ops only); ``--no-native-rows`` skips the second.
 
     python -m seqzoo.bench spark_decode --device cpu
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
 
 import torch
 
@@ -28,6 +32,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--sparsity", default="both", choices=["both", "ffn", "attention"])
     parser.add_argument("--steps", type=int, default=8, help="timed decode steps per model")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--no-native-rows", action="store_true",
+                        help="skip the spark rows with SEQZOO_NATIVE=0 (PyTorch ops instead of the C kernels)")
 
 
 def _models(width, args, dtype, device):
@@ -102,6 +108,24 @@ def _attn_flops(width, heads, D, T, spark, r=None, top_k=None):
     return proj + 2 * T * heads * r + 2 * K * heads * ((D - r) + D)
 
 
+@contextlib.contextmanager
+def _native(switch):
+    """``SEQZOO_NATIVE`` set to ``switch`` inside (None: left as it is)."""
+    from seqzoo.kernels._native import ENV_SWITCH
+
+    old = os.environ.get(ENV_SWITCH)
+    if switch is not None:
+        os.environ[ENV_SWITCH] = switch
+    try:
+        yield
+    finally:
+        if switch is not None:
+            if old is None:
+                os.environ.pop(ENV_SWITCH, None)
+            else:
+                os.environ[ENV_SWITCH] = old
+
+
 def run(args) -> list[dict]:
     from .common import time_fn
 
@@ -109,43 +133,49 @@ def run(args) -> list[dict]:
     dtype = getattr(torch, args.dtype)
     rows = []
     for width in args.widths:
-        models = _models(width, args, dtype, dev)
+        (dense_name, dense), (_, spark) = _models(width, args, dtype, dev)
+        models = [(dense_name, dense, None), ("spark", spark, None)]
+        if not args.no_native_rows:
+            models.append(("spark, SEQZOO_NATIVE=0", spark, "0"))
         F = int(args.ffn_mult * width)
         shape = f"d={width} L={args.layers} F={F} T={args.context}"
         # the FFN alone, one token
         x = torch.randn(1, 1, width, device=dev, dtype=dtype)
         ffn_ms = {}
-        for name, model in models:
+        for name, model, switch in models:
             ffn = model.model.layers[0].ffn
-            with torch.no_grad():
+            with torch.no_grad(), _native(switch):
                 ffn_ms[name] = time_fn(lambda: ffn(x), dev, rep_ms=500)
-        spark_ffn = type(models[1][1].model.layers[0].ffn).__name__ == "SparkFFN"
-        r_ffn = models[1][1].model.layers[0].ffn.r if spark_ffn else 0
+        spark_ffn = type(spark.model.layers[0].ffn).__name__ == "SparkFFN"
+        r_ffn = spark.model.layers[0].ffn.r if spark_ffn else 0
         fl_dense = _ffn_flops(width, F, args.kept, False, 0)
         fl_spark = _ffn_flops(width, F, args.kept, spark_ffn, r_ffn)
-        for name, model in models:
+        for name, model, _ in models:
             kind = type(model.model.layers[0].ffn).__name__
             note = ""
-            if name == "spark":
-                note = (f"{ffn_ms['dense transformer'] / ffn_ms[name]:.2f}x faster than dense; "
+            if name != dense_name:
+                note = (f"{ffn_ms[dense_name] / ffn_ms[name]:.2f}x faster than dense; "
                         f"FLOPs {fl_dense / fl_spark:.2f}x fewer")
             rows.append(dict(impl=f"{name}: FFN ({kind})", shape=f"d={width} F={F}", **{"pass": "1 token"},
                              ms=ffn_ms[name], tokens=1, note=note))
         # whole-model greedy decode step
-        step_ms = {name: _decode_ms(model, args, dtype, dev) for name, model in models}
-        spark_attn = type(models[1][1].model.layers[0].mixer).__name__ == "SparkAttention"
+        step_ms = {}
+        for name, model, switch in models:
+            with _native(switch):
+                step_ms[name] = _decode_ms(model, args, dtype, dev)
+        spark_attn = type(spark.model.layers[0].mixer).__name__ == "SparkAttention"
         heads = width // args.head_dim
-        r_att = models[1][1].model.layers[0].mixer.r if spark_attn else None
+        r_att = spark.model.layers[0].mixer.r if spark_attn else None
         per_layer_dense = _ffn_flops(width, F, args.kept, False, 0) + _attn_flops(width, heads, args.head_dim,
                                                                                  args.context, False)
         per_layer_spark = fl_spark + _attn_flops(width, heads, args.head_dim, args.context, spark_attn, r_att,
                                                  args.top_k)
         for name in step_ms:
             note = ""
-            if name == "spark":
-                note = (f"{step_ms['dense transformer'] / step_ms[name]:.2f}x faster than dense; "
+            if name != dense_name:
+                note = (f"{step_ms[dense_name] / step_ms[name]:.2f}x faster than dense; "
                         f"FLOPs/token {per_layer_dense / per_layer_spark:.2f}x fewer")
-            rows.append(dict(impl=f"{name} ({args.sparsity if name == 'spark' else 'dense'})", shape=shape,
+            rows.append(dict(impl=f"{name} ({'dense' if name == dense_name else args.sparsity})", shape=shape,
                              **{"pass": "decode step"}, ms=step_ms[name], tokens=1, note=note))
-        del models
+        del models, dense, spark
     return rows

@@ -2,6 +2,8 @@
 with selection active (top_k below the sequence length), the sparse decode paths against the dense ones, the
 sparsity report, and config errors."""
 
+import os
+
 import pytest
 import torch
 
@@ -129,3 +131,25 @@ def test_config_errors():
         seqzoo.make_config("spark", ffn_kept_fraction=1.5, **TINY)
     with pytest.raises(ValueError, match="top_k"):
         seqzoo.make_config("spark", **dict(TINY, attn_top_k=0))
+
+
+def test_decode_benchmark_runs_at_a_tiny_size():
+    """`python -m seqzoo.bench spark_decode` at a tiny size: the dense model, Spark with its C kernels and Spark
+    with SEQZOO_NATIVE=0, for the FFN alone and the whole decode step (speed is not asserted)."""
+    import argparse
+
+    from seqzoo.bench import spark_decode
+
+    parser = argparse.ArgumentParser()
+    spark_decode.add_arguments(parser)
+    args = parser.parse_args("--widths 64 --context 40 --layers 1 --steps 1 --head-dim 16 --top-k 8".split())
+    args.device = torch.device("cpu")
+    before = os.environ.get("SEQZOO_NATIVE")
+    rows = spark_decode.run(args)
+    names = [(row["impl"], row["pass"]) for row in rows]
+    assert names == [("dense transformer: FFN (SwiGLU)", "1 token"), ("spark: FFN (SparkFFN)", "1 token"),
+                     ("spark, SEQZOO_NATIVE=0: FFN (SparkFFN)", "1 token"),
+                     ("dense transformer (dense)", "decode step"), ("spark (both)", "decode step"),
+                     ("spark, SEQZOO_NATIVE=0 (both)", "decode step")]
+    assert all(row["ms"] > 0 for row in rows)
+    assert os.environ.get("SEQZOO_NATIVE") == before  # the switch is put back
