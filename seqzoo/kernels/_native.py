@@ -2,12 +2,16 @@
 
 Batch-1 decoding on a CPU is a chain of tiny steps (a threshold, a selection, a few hundred row gathers) where
 each PyTorch op costs 5-40 µs of dispatch on a small machine, more than the memory traffic it does. Spark's
-decode steps (``sparse_ffn/spark_ffn_step.c``, ``spark_attention/decode_step.c``) therefore have a C version:
-plain C99 on raw fp32 pointers, no PyTorch headers, so a build takes about a second.
+decode steps (``sparse_ffn/spark_ffn_step.c``, ``spark_attention/decode_step.c``, with helpers from
+``native_common.h``) therefore have a C version: plain C99 on raw fp32 pointers, no PyTorch headers, so a build
+takes about a second.
 
 - Built with ``$CC`` (default ``cc``), ``-O3``, plus ``-mavx2 -mfma`` when PyTorch reports an AVX2 or AVX-512
-  CPU. The library lands in ``$SEQZOO_NATIVE_CACHE`` (default ``$XDG_CACHE_HOME/seqzoo/native`` or
-  ``~/.cache/seqzoo/native``) under a name that hashes the source and the command, written to a temporary
+  CPU, and ``-fopenmp`` when the compiler takes it. The library then needs ``libgomp.so.1``; where PyTorch uses
+  GNU OpenMP itself (its Linux wheels bundle that soname), the loader resolves it to PyTorch's copy, so the
+  kernels run on PyTorch's warm threads (``torch.get_num_threads()``) instead of a second pool.
+- The library lands in ``$SEQZOO_NATIVE_CACHE`` (default ``$XDG_CACHE_HOME/seqzoo/native`` or
+  ``~/.cache/seqzoo/native``) under a name that hashes the sources and the command, written to a temporary
   file and renamed into place, so a concurrent or interrupted build never leaves a half-written library.
 - ``SEQZOO_NATIVE=0`` turns the C kernels off; without a working compiler they are off too (one warning says
   why). Every caller then runs its PyTorch ops: the same numbers, more time.
@@ -30,6 +34,7 @@ import torch
 ENV_SWITCH = "SEQZOO_NATIVE"
 ENV_CACHE = "SEQZOO_NATIVE_CACHE"
 _ROOT = Path(__file__).resolve().parent
+COMMON_HEADER = "native_common.h"  # included by every kernel (seqzoo/kernels/native_common.h)
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL | None] = {}
 
@@ -46,11 +51,13 @@ def cache_dir() -> Path:
     return Path(base) / "seqzoo" / "native"
 
 
-def _command(source: Path, target: str) -> list[str]:
+def _command(source: Path, target: str, openmp: bool) -> list[str]:
     cc = shlex.split(os.environ.get("CC", "cc"))
-    flags = ["-O3", "-std=c99", "-shared", "-fPIC", "-fno-strict-aliasing"]
+    flags = ["-O3", "-std=c99", "-shared", "-fPIC", "-fno-strict-aliasing", f"-I{_ROOT}"]
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
+    if openmp:
+        flags.append("-fopenmp")
     return [*cc, *flags, "-o", target, str(source), "-lm"]
 
 
@@ -67,9 +74,8 @@ def library(relpath: str) -> ctypes.CDLL | None:
 
 
 def _build_and_load(source: Path) -> ctypes.CDLL | None:
-    text = source.read_bytes()
-    probe = _command(source, "OUT")
-    key = hashlib.sha256(text + "\0".join(probe).encode()).hexdigest()[:16]
+    text = source.read_bytes() + _ROOT.joinpath(COMMON_HEADER).read_bytes()
+    key = hashlib.sha256(text + "\0".join(_command(source, "OUT", True)).encode()).hexdigest()[:16]
     target = cache_dir() / f"{source.stem}-{key}.so"
     if not target.exists():
         try:
@@ -77,8 +83,13 @@ def _build_and_load(source: Path) -> ctypes.CDLL | None:
             fd, tmp = tempfile.mkstemp(prefix=f".{source.stem}-", suffix=".so", dir=target.parent)
             os.close(fd)
             try:
-                done = subprocess.run(_command(source, tmp), capture_output=True, text=True, timeout=300)
-                if done.returncode != 0:
+                # with OpenMP if the compiler has it (the loops then use PyTorch's threads), else without
+                for openmp in (True, False):
+                    done = subprocess.run(_command(source, tmp, openmp), capture_output=True, text=True,
+                                          timeout=300)
+                    if done.returncode == 0:
+                        break
+                else:
                     raise RuntimeError(f"`{' '.join(done.args)}` failed:\n{done.stderr.strip()[-2000:]}")
                 os.replace(tmp, target)
             finally:

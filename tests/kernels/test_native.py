@@ -39,50 +39,82 @@ def test_build_is_cached_under_a_hash_and_leaves_no_temporary_file(fresh_cache):
     assert sorted(p.name for p in fresh_cache.iterdir()) == built
 
 
+def _ffn_inputs(F_, r, Dv, Dm):
+    x = torch.randn(r + Dv)
+    return x, torch.randn(F_, r) / r**0.5 * 2, torch.randn(F_, Dv) / Dv**0.5, torch.randn(F_, Dm)
+
+
 def test_without_a_compiler_the_pytorch_ops_run(fresh_cache, monkeypatch):
     monkeypatch.setenv("CC", str(fresh_cache / "no-such-cc"))
-    s, xv, wv, wd = torch.randn(50), torch.randn(7), torch.randn(50, 7), torch.randn(50, 9)
     with pytest.warns(RuntimeWarning, match="could not be built.*PyTorch ops instead"):
-        assert spark_ffn_step_native(s, xv, wv, wd, 1.4) is None
+        assert spark_ffn_step_native(*_ffn_inputs(50, 3, 7, 9), 1.4) is None
     assert list(fresh_cache.iterdir()) == []  # no half-written library left behind
+
+
+def test_a_compiler_without_openmp_builds_a_one_thread_library(fresh_cache, monkeypatch):
+    cc = fresh_cache / "cc-without-openmp"
+    cc.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec cc "$@"\n')
+    cc.chmod(0o755)
+    monkeypatch.setenv("CC", str(cc))
+    torch.manual_seed(0)
+    x, w_pred, wv, wd = _ffn_inputs(3000, 7, 9, 130)
+    got = spark_ffn_step_native(x, w_pred, wv, wd, quantile_multiplier(900, 3000))
+    assert got is not None
+    assert_close("built without OpenMP", got, _ffn_reference(x, w_pred, wv, wd, 0.3)[0], 1e-5)
+    lib = next(p for p in fresh_cache.iterdir() if p.suffix == ".so")
+    assert b"GOMP_" not in lib.read_bytes()
 
 
 def test_switched_off(fresh_cache, monkeypatch):
     monkeypatch.setenv(_native.ENV_SWITCH, "0")
     assert _native.library("sparse_ffn/spark_ffn_step.c") is None
-    assert spark_ffn_step_native(torch.randn(50), torch.randn(7), torch.randn(50, 7), torch.randn(50, 9), 1.4) is None
+    assert spark_ffn_step_native(*_ffn_inputs(50, 3, 7, 9), 1.4) is None
     assert list(fresh_cache.iterdir()) == []
 
 
-def _ffn_reference(s, xv, wv, wd, fraction):
-    a = F.gelu(statistical_topk(s, fraction=fraction, backend="reference"), approximate="tanh")
-    return sparse_ffn(a[None], xv[None], wv, wd, backend="reference")[0], int((a != 0).sum())
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request):
+    """torch.get_num_threads() for the test (the C kernels split their work over that many OpenMP threads when
+    it is large enough: the 2-thread cases below are)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("F_, Dv, Dm, fraction", [(200, 37, 48, 0.08), (4096, 512, 1024, 0.08), (333, 5, 3, 0.5),
-                                                  (2, 1, 1, 0.3)])
-def test_ffn_step_matches_the_reference(F_, Dv, Dm, fraction):
+def _ffn_reference(x, w_pred, wv, wd, fraction):
+    r = w_pred.shape[1]
+    a = F.gelu(statistical_topk(w_pred @ x[:r], fraction=fraction, backend="reference"), approximate="tanh")
+    return sparse_ffn(a[None], x[None, r:], wv, wd, backend="reference")[0], int((a != 0).sum())
+
+
+# (F, r, Dv, Dm, kept fraction): F = 4096 and 3000 are split over two threads
+@pytest.mark.parametrize("F_, r, Dv, Dm, fraction", [(200, 11, 37, 48, 0.08), (4096, 512, 512, 1024, 0.08),
+                                                     (333, 4, 5, 3, 0.5), (2, 1, 1, 1, 0.3), (3000, 7, 9, 130, 0.3)])
+def test_ffn_step_matches_the_reference(F_, r, Dv, Dm, fraction, threads):
     torch.manual_seed(F_)
-    s, xv = torch.randn(F_) * 2 + 0.5, torch.randn(Dv)
-    wv, wd = torch.randn(F_, Dv) / Dv**0.5, torch.randn(F_, Dm)
-    got = spark_ffn_step_native(s, xv, wv, wd, quantile_multiplier(fraction * F_, F_))
+    x, w_pred, wv, wd = _ffn_inputs(F_, r, Dv, Dm)
+    got = spark_ffn_step_native(x, w_pred, wv, wd, quantile_multiplier(fraction * F_, F_))
     assert got is not None
-    want, kept = _ffn_reference(s, xv, wv, wd, fraction)
+    want, kept = _ffn_reference(x, w_pred, wv, wd, fraction)
     assert kept > 0
-    assert_close(f"F={F_} Dv={Dv} Dm={Dm}", got, want, 1e-5)
+    assert_close(f"F={F_} r={r} Dv={Dv} Dm={Dm} {threads} thread(s)", got, want, 1e-5)
 
 
 def test_ffn_step_without_survivors_is_zero():
-    """A constant row: std 0, nothing lies above the threshold."""
-    got = spark_ffn_step_native(torch.full((64,), 0.3), torch.randn(4), torch.randn(64, 4), torch.randn(64, 6), 1.4)
+    """Constant scores: std 0, nothing lies above the threshold."""
+    x, _, wv, wd = _ffn_inputs(64, 3, 4, 6)
+    got = spark_ffn_step_native(x, torch.zeros(64, 3), wv, wd, 1.4)
     assert got is not None and torch.equal(got, torch.zeros(6))
 
 
 def test_ffn_step_declines_inputs_it_does_not_handle():
-    s, xv, wv, wd = torch.randn(50), torch.randn(7), torch.randn(50, 7), torch.randn(50, 9)
-    assert spark_ffn_step_native(s.double(), xv, wv, wd, 1.4) is None  # not fp32
-    assert spark_ffn_step_native(s, xv, torch.randn(7, 50).t(), wd, 1.4) is None  # not contiguous
-    assert spark_ffn_step_native(s[:40], xv, wv, wd, 1.4) is None  # F does not match
+    x, w_pred, wv, wd = _ffn_inputs(50, 3, 7, 9)
+    assert spark_ffn_step_native(x.double(), w_pred, wv, wd, 1.4) is None  # not fp32
+    assert spark_ffn_step_native(x, torch.randn(3, 50).t(), wv, wd, 1.4) is None  # not contiguous
+    assert spark_ffn_step_native(x, w_pred[:40], wv, wd, 1.4) is None  # F does not match
+    assert spark_ffn_step_native(x[:9], w_pred, wv, wd, 1.4) is None  # D - r does not match Dv
+    assert spark_ffn_step_native(x, w_pred, wv, wd, 1.4) is not None
 
 
 def _split_cache(k, v, r, capacity):
@@ -97,12 +129,14 @@ def _split_cache(k, v, r, capacity):
     return out
 
 
-# (B, T, H, Hkv, D, Dv, r, top_k): one key; fewer keys than top_k; GQA with odd dims; selection over 300 keys
-CASES = [(1, 1, 2, 1, 8, 8, 4, 4), (2, 3, 2, 2, 10, 6, 4, 8), (2, 300, 4, 2, 13, 7, 6, 32), (1, 77, 3, 3, 6, 5, 2, 5)]
+# (B, T, H, Hkv, D, Dv, r, top_k): one key; fewer keys than top_k; GQA with odd dims; selection over 300 keys;
+# 1500 keys (long enough for the rows to be split over threads), 5 rows
+CASES = [(1, 1, 2, 1, 8, 8, 4, 4), (2, 3, 2, 2, 10, 6, 4, 8), (2, 300, 4, 2, 13, 7, 6, 32), (1, 77, 3, 3, 6, 5, 2, 5),
+         (1, 1500, 5, 5, 12, 9, 6, 64)]
 
 
 @pytest.mark.parametrize("B, T, H, Hkv, D, Dv, r, top_k", CASES)
-def test_attention_decode_step_matches_the_reference(B, T, H, Hkv, D, Dv, r, top_k):
+def test_attention_decode_step_matches_the_reference(B, T, H, Hkv, D, Dv, r, top_k, threads):
     torch.manual_seed(T)
     q, k, v = torch.randn(B, 1, H, D), torch.randn(B, T, Hkv, D), torch.randn(B, T, Hkv, Dv)
     want = spark_attention_reference(q, k, v, r, top_k=top_k)[:, 0]  # [B, H, Dv]

@@ -212,19 +212,20 @@ class SparkFFN(nn.Module):
         return (a * self.value_proj(xv)) @ self.down_weight.to(x.dtype)  # masked dense: [..., hidden]
 
     def _one_token_cpu(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch-1 decoding on a CPU: the same numbers as ``activations`` + ``sparse_ffn``, in ~15 small ops.
+        """Batch-1 decoding on a CPU: the same numbers as ``activations`` + ``sparse_ffn``.
 
-        At one token every op is a few microseconds of dispatch against ~0.2 ms for the predictor's matvec, so
-        the threshold is kept as a Python float (mean and population std of the centred scores, as
+        In fp32 one call of the C kernel (``seqzoo.kernels.sparse_ffn.native``) does it all. Otherwise ~15
+        PyTorch ops: at one token every op is microseconds of dispatch against ~0.2 ms for the predictor's
+        matvec, so the threshold is kept as a Python float (mean and population std of the centred scores, as
         ``statistical_topk``), the survivors come from one ``nonzero`` (``relu(s - θ) > 0`` exactly where
         ``s > θ``), and ``embedding_bag`` sums the survivors' rows of W_down without copying them."""
         F_, r = self.intermediate_size, self.r
         v = x.reshape(-1)  # [hidden]
-        s = torch.mv(self.predictor.weight, v[:r]).float()  # [F]
         z = quantile_multiplier(self.settings.kept_fraction * F_, F_)
-        o = spark_ffn_step_native(s, v[r:], self.value_proj.weight, self.down_weight, z)
+        o = spark_ffn_step_native(v, self.predictor.weight, self.value_proj.weight, self.down_weight, z)
         if o is not None:  # the C kernel: everything below in one call
-            return o.to(x.dtype).view(x.shape)
+            return o.view(x.shape)
+        s = torch.mv(self.predictor.weight, v[:r]).float()  # [F]
         c = s - s.sum().item() / F_  # scores minus their mean
         std = math.sqrt(max(torch.dot(c, c).item() / F_, TINY_VAR))
         shift = std * z  # θ - mean

@@ -23,7 +23,7 @@ def _function():
     if fn.restype is not _I64:
         fn.restype = _I64
         fn.argtypes = [_PTR, _I64, _I64, _I64, _I64, ctypes.c_double, _I64, _PTR, _I64, _PTR, _I64, _I64, _PTR,
-                       _I64, _I64, _I64, ctypes.c_double, _PTR]
+                       _I64, _I64, _I64, ctypes.c_double, _PTR, _I64]
     return fn
 
 
@@ -38,7 +38,8 @@ def spark_attention_decode_native(s1: torch.Tensor, q2: torch.Tensor, k2: torch.
     """``s1 [B, Hkv, G, T]`` fp32 scaled predictor scores, ``q2 [B, Hkv, G, D2]`` the query's other dims,
     ``k2 [B, Hkv, T, D2]`` and ``v [B, Hkv, T, Dv]`` cache views (rows contiguous) -> ``[B, Hkv, G, Dv]`` fp32,
     or None (the caller runs its PyTorch ops) when the C kernel is unavailable or the inputs are not of that
-    kind. ``z`` is the threshold's multiplier for T keys; ``select_all`` takes every key (T <= top_k)."""
+    kind. ``z`` is the threshold's multiplier for T keys; ``select_all`` takes every key (T <= top_k). Uses
+    ``torch.get_num_threads()`` threads (one row of keys each at most) when the library was built with OpenMP."""
     if s1.device.type != "cpu" or s1.dtype != torch.float32 or q2.dtype != torch.float32:
         return None
     if not (_rows_ok(k2) and _rows_ok(v)):
@@ -47,8 +48,14 @@ def spark_attention_decode_native(s1: torch.Tensor, q2: torch.Tensor, k2: torch.
     if fn is None:
         return None
     B, Hkv, G, T = s1.shape
+    D2 = k2.shape[-1]
+    if q2.shape != (B, Hkv, G, D2) or k2.shape[:3] != (B, Hkv, T) or v.shape[:3] != (B, Hkv, T):
+        return None
     s1, q2 = s1.contiguous(), q2.contiguous()
     out = torch.empty(B, Hkv, G, v.shape[-1], dtype=torch.float32)
-    fn(pointer(s1), B, Hkv, G, T, float(z), int(select_all), pointer(q2), q2.shape[-1], pointer(k2),
-       k2.stride(0), k2.stride(1), pointer(v), v.stride(0), v.stride(1), v.shape[-1], float(scale), pointer(out))
+    kept = fn(pointer(s1), B, Hkv, G, T, float(z), int(select_all), pointer(q2), D2, pointer(k2),
+              k2.stride(0), k2.stride(1), pointer(v), v.stride(0), v.stride(1), v.shape[-1], float(scale), pointer(out),
+              torch.get_num_threads())
+    if kept < 0:
+        raise MemoryError(f"{_SOURCE}: could not allocate its index buffer")
     return out
