@@ -101,7 +101,3 @@ def _build_and_load(source: Path) -> ctypes.CDLL | None:
                           f"{ENV_SWITCH}=0 to silence this.", RuntimeWarning, stacklevel=3)
             return None
     return ctypes.CDLL(str(target))
-
-
-def pointer(t: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())

@@ -38,11 +38,16 @@ static inline int64_t sz_threads(int64_t requested, int64_t useful) {
 #endif
 }
 
+/* 32 partial sums: four 8-wide vector accumulators, so that a long dot product is limited by memory, not by
+   the latency of one accumulator's chain of fused multiply-adds. */
 static inline float sz_dot(const float *a, const float *b, int64_t n) {
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float acc[32] = {0};
     int64_t j = 0;
+    for (; j + 32 <= n; j += 32)
+        for (int l = 0; l < 32; ++l) acc[l] += a[j + l] * b[j + l];
     for (; j + 8 <= n; j += 8)
         for (int l = 0; l < 8; ++l) acc[l] += a[j + l] * b[j + l];
+    for (int l = 0; l < 8; ++l) acc[l] += (acc[l + 8] + acc[l + 16]) + acc[l + 24];
     float total = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     for (; j < n; ++j) total += a[j] * b[j];
     return total;

@@ -9,7 +9,7 @@ import ctypes
 
 import torch
 
-from .._native import library, pointer
+from .._native import library
 
 _SOURCE = "spark_attention/decode_step.c"
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
@@ -53,8 +53,8 @@ def spark_attention_decode_native(s1: torch.Tensor, q2: torch.Tensor, k2: torch.
         return None
     s1, q2 = s1.contiguous(), q2.contiguous()
     out = torch.empty(B, Hkv, G, v.shape[-1], dtype=torch.float32)
-    kept = fn(pointer(s1), B, Hkv, G, T, float(z), int(select_all), pointer(q2), D2, pointer(k2),
-              k2.stride(0), k2.stride(1), pointer(v), v.stride(0), v.stride(1), v.shape[-1], float(scale), pointer(out),
+    kept = fn(s1.data_ptr(), B, Hkv, G, T, z, int(select_all), q2.data_ptr(), D2, k2.data_ptr(), k2.stride(0),
+              k2.stride(1), v.data_ptr(), v.stride(0), v.stride(1), v.shape[-1], scale, out.data_ptr(),
               torch.get_num_threads())
     if kept < 0:
         raise MemoryError(f"{_SOURCE}: could not allocate its index buffer")

@@ -8,7 +8,7 @@ import ctypes
 
 import torch
 
-from .._native import library, pointer
+from .._native import library
 
 _SOURCE = "sparse_ffn/spark_ffn_step.c"
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
@@ -34,9 +34,9 @@ def spark_ffn_step_native(x: torch.Tensor, w_pred: torch.Tensor, w_value: torch.
 
     Returns None (the caller runs its PyTorch ops) when the C kernel is unavailable or the inputs are not of
     that kind."""
-    tensors = (x, w_pred, w_value, w_down)
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 or not t.is_contiguous() for t in tensors):
-        return None
+    for t in (x, w_pred, w_value, w_down):
+        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+            return None
     if x.dim() != 1 or w_pred.dim() != 2 or w_value.dim() != 2 or w_down.dim() != 2:
         return None
     (F_, r), D = w_pred.shape, x.shape[0]
@@ -46,8 +46,8 @@ def spark_ffn_step_native(x: torch.Tensor, w_pred: torch.Tensor, w_value: torch.
     if fn is None:
         return None
     out = torch.empty(w_down.shape[1], dtype=torch.float32)
-    kept = fn(pointer(x), D, r, pointer(w_pred), F_, float(z), pointer(w_value), pointer(w_down), w_down.shape[1],
-              pointer(out), torch.get_num_threads())
+    kept = fn(x.data_ptr(), D, r, w_pred.data_ptr(), F_, z, w_value.data_ptr(), w_down.data_ptr(), w_down.shape[1],
+              out.data_ptr(), torch.get_num_threads())
     if kept < 0:
         raise MemoryError(f"{_SOURCE}: could not allocate its buffers")
     return out
