@@ -6,7 +6,9 @@ Random weights (the speed depends on the shapes and the kept fraction only); the
 keys and values instead of a prefill (a 4096-token prefill at width 2048 would dominate the run). The
 vocabulary is the byte tokenizer's 259, so the LM head is negligible. ``--sparsity ffn|attention`` measures one
 half of Spark alone. Spark runs twice: with its C decode kernels (the default on a CPU) and with
-``SEQZOO_NATIVE=0`` (PyTorch ops only); ``--no-native-rows`` skips the second.
+``SEQZOO_NATIVE=0`` (PyTorch ops only); ``--no-native-rows`` skips the second. The models are timed in turn over
+``--rounds`` rounds and each number is a median over all of them, so that a slow spell of a shared machine does not
+land on one model only.
 
     python -m seqzoo.bench spark_decode --device cpu
 """
@@ -30,7 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--kept", type=float, default=0.08, help="Spark-FFN kept fraction")
     parser.add_argument("--top-k", type=int, default=256, help="Spark-Attention keys per query")
     parser.add_argument("--sparsity", default="both", choices=["both", "ffn", "attention"])
-    parser.add_argument("--steps", type=int, default=8, help="timed decode steps per model")
+    parser.add_argument("--steps", type=int, default=8, help="timed decode steps per model and round")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="rounds that time every model in turn (medians over all rounds)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--no-native-rows", action="store_true",
                         help="skip the spark rows with SEQZOO_NATIVE=0 (PyTorch ops instead of the C kernels)")
@@ -69,28 +73,40 @@ def _fill_cache(model, context, dtype, device):
     return cache
 
 
-def _decode_ms(model, args, dtype, device):
-    """Median ms of one greedy step (fresh cache per repetition, ``--steps`` steps from ``--context``)."""
-    import statistics
+def _decode_steps(model, args, dtype, device) -> list[float]:
+    """ms of ``--steps`` greedy steps from a fresh cache of ``--context`` tokens (the step that follows the
+    filled cache is left out: it also regrows the cache buffers once)."""
     import time
 
     from seqzoo.architectures.base.modeling import CACHE_FIELD
 
     times = []
-    for rep in range(2):
-        cache = _fill_cache(model, args.context, dtype, device)
-        tok = torch.zeros(1, 1, dtype=torch.long, device=device)
-        with torch.no_grad():
-            for step in range(args.steps + 1):
-                t0 = time.perf_counter()
-                out = model(tok, use_cache=True, **{CACHE_FIELD: cache})
-                tok = out.logits[:, -1].argmax(-1, keepdim=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if step > 0 or rep > 0:  # the very first step warms up allocations
-                    times.append((time.perf_counter() - t0) * 1000.0)
-                cache = getattr(out, CACHE_FIELD)
-    return statistics.median(times)
+    cache = _fill_cache(model, args.context, dtype, device)
+    tok = torch.zeros(1, 1, dtype=torch.long, device=device)
+    with torch.no_grad():
+        for step in range(args.steps + 1):
+            t0 = time.perf_counter()
+            out = model(tok, use_cache=True, **{CACHE_FIELD: cache})
+            tok = out.logits[:, -1].argmax(-1, keepdim=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step > 0:
+                times.append((time.perf_counter() - t0) * 1000.0)
+            cache = getattr(out, CACHE_FIELD)
+    return times
+
+
+def _interleaved(variants, measure, rounds: int) -> dict:
+    """``{name: median}`` of ``measure(model, switch)`` (a list of ms) over ``rounds`` rounds that take every
+    variant in turn, so that a slow spell of a shared machine falls on all of them, not on one."""
+    import statistics
+
+    times = {name: [] for name, _, _ in variants}
+    for _ in range(rounds):
+        for name, model, switch in variants:
+            with _native(switch):
+                times[name] += measure(model)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _ffn_flops(width, F, kept, spark, r):
@@ -139,13 +155,15 @@ def run(args) -> list[dict]:
             models.append(("spark, SEQZOO_NATIVE=0", spark, "0"))
         F = int(args.ffn_mult * width)
         shape = f"d={width} L={args.layers} F={F} T={args.context}"
-        # the FFN alone, one token
+        # the FFN alone, one token: blocks of ~60 ms per variant, in turn
         x = torch.randn(1, 1, width, device=dev, dtype=dtype)
-        ffn_ms = {}
-        for name, model, switch in models:
+
+        def ffn_block(model):
             ffn = model.model.layers[0].ffn
-            with torch.no_grad(), _native(switch):
-                ffn_ms[name] = time_fn(lambda: ffn(x), dev, rep_ms=500)
+            with torch.no_grad():
+                return [time_fn(lambda: ffn(x), dev, rep_ms=60)]
+
+        ffn_ms = _interleaved(models, ffn_block, args.rounds)
         spark_ffn = type(spark.model.layers[0].ffn).__name__ == "SparkFFN"
         r_ffn = spark.model.layers[0].ffn.r if spark_ffn else 0
         fl_dense = _ffn_flops(width, F, args.kept, False, 0)
@@ -159,10 +177,7 @@ def run(args) -> list[dict]:
             rows.append(dict(impl=f"{name}: FFN ({kind})", shape=f"d={width} F={F}", **{"pass": "1 token"},
                              ms=ffn_ms[name], tokens=1, note=note))
         # whole-model greedy decode step
-        step_ms = {}
-        for name, model, switch in models:
-            with _native(switch):
-                step_ms[name] = _decode_ms(model, args, dtype, dev)
+        step_ms = _interleaved(models, lambda model: _decode_steps(model, args, dtype, dev), args.rounds)
         spark_attn = type(spark.model.layers[0].mixer).__name__ == "SparkAttention"
         heads = width // args.head_dim
         r_att = spark.model.layers[0].mixer.r if spark_attn else None

@@ -142,7 +142,7 @@ def test_decode_benchmark_runs_at_a_tiny_size():
 
     parser = argparse.ArgumentParser()
     spark_decode.add_arguments(parser)
-    args = parser.parse_args("--widths 64 --context 40 --layers 1 --steps 1 --head-dim 16 --top-k 8".split())
+    args = parser.parse_args("--widths 64 --context 40 --layers 1 --steps 1 --rounds 2 --head-dim 16 --top-k 8".split())
     args.device = torch.device("cpu")
     before = os.environ.get("SEQZOO_NATIVE")
     rows = spark_decode.run(args)
