@@ -101,3 +101,16 @@ def _build_and_load(source: Path) -> ctypes.CDLL | None:
                           f"{ENV_SWITCH}=0 to silence this.", RuntimeWarning, stacklevel=3)
             return None
     return ctypes.CDLL(str(target))
+
+
+def function(relpath: str, name: str, argtypes: list):
+    """The C function ``name`` of :func:`library` ``(relpath)``, declared with ``argtypes`` and an ``int64``
+    result (ctypes then converts Python ints, floats and data pointers without wrappers); None as for
+    :func:`library`."""
+    lib = library(relpath)
+    if lib is None:
+        return None
+    fn = getattr(lib, name)
+    if fn.argtypes is None:
+        fn.restype, fn.argtypes = ctypes.c_int64, argtypes
+    return fn

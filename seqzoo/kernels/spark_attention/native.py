@@ -9,22 +9,12 @@ import ctypes
 
 import torch
 
-from .._native import library
+from .._native import function
 
 _SOURCE = "spark_attention/decode_step.c"
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-
-
-def _function():
-    lib = library(_SOURCE)
-    if lib is None:
-        return None
-    fn = lib.spark_attention_decode_step
-    if fn.restype is not _I64:
-        fn.restype = _I64
-        fn.argtypes = [_PTR, _I64, _I64, _I64, _I64, ctypes.c_double, _I64, _PTR, _I64, _PTR, _I64, _I64, _PTR,
-                       _I64, _I64, _I64, ctypes.c_double, _PTR, _I64]
-    return fn
+_ARGS = [_PTR, _I64, _I64, _I64, _I64, ctypes.c_double, _I64, _PTR, _I64, _PTR, _I64, _I64, _PTR, _I64, _I64, _I64,
+         ctypes.c_double, _PTR, _I64]
 
 
 def _rows_ok(x: torch.Tensor) -> bool:
@@ -44,7 +34,7 @@ def spark_attention_decode_native(s1: torch.Tensor, q2: torch.Tensor, k2: torch.
         return None
     if not (_rows_ok(k2) and _rows_ok(v)):
         return None
-    fn = _function()
+    fn = function(_SOURCE, "spark_attention_decode_step", _ARGS)
     if fn is None:
         return None
     B, Hkv, G, T = s1.shape

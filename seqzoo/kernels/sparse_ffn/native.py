@@ -8,21 +8,11 @@ import ctypes
 
 import torch
 
-from .._native import library
+from .._native import function
 
 _SOURCE = "sparse_ffn/spark_ffn_step.c"
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-
-
-def _function():
-    lib = library(_SOURCE)
-    if lib is None:
-        return None
-    fn = lib.spark_ffn_step
-    if fn.restype is not _I64:
-        fn.restype = _I64
-        fn.argtypes = [_PTR, _I64, _I64, _PTR, _I64, ctypes.c_double, _PTR, _PTR, _I64, _PTR, _I64]
-    return fn
+_ARGS = [_PTR, _I64, _I64, _PTR, _I64, ctypes.c_double, _PTR, _PTR, _I64, _PTR, _I64]
 
 
 def spark_ffn_step_native(x: torch.Tensor, w_pred: torch.Tensor, w_value: torch.Tensor, w_down: torch.Tensor,
@@ -42,7 +32,7 @@ def spark_ffn_step_native(x: torch.Tensor, w_pred: torch.Tensor, w_value: torch.
     (F_, r), D = w_pred.shape, x.shape[0]
     if w_value.shape != (F_, D - r) or w_down.shape[0] != F_:
         return None
-    fn = _function()
+    fn = function(_SOURCE, "spark_ffn_step", _ARGS)
     if fn is None:
         return None
     out = torch.empty(w_down.shape[1], dtype=torch.float32)
