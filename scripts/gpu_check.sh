@@ -65,7 +65,7 @@ declare -A BENCH_ARGS=([delta_rule]="--shapes 8,2048,16,128 --impls triton,fla"
                        [rms_norm]="--rows 4096 --dim 8192"
                        [statistical_topk]="--rows 4096 --dims 8192"
                        [dilated_conv]="--lengths 131072"
-                       [spark_decode]="--widths 1024")
+                       [spark_decode]="--widths 1024 --batch-sizes 1 8")
 GPU_TOTAL=$TOTAL
 [ "$DRY" = 1 ] && TOTAL=3600  # a loaded CPU is slower than the GPU machine at everything; budgets shown are the GPU's
 START=$SECONDS

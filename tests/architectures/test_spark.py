@@ -134,22 +134,23 @@ def test_config_errors():
 
 
 def test_decode_benchmark_runs_at_a_tiny_size():
-    """`python -m seqzoo.bench spark_decode` at a tiny size: the dense model, Spark with its C kernels and Spark
-    with SEQZOO_NATIVE=0, for the FFN alone and the whole decode step (speed is not asserted)."""
+    """`python -m seqzoo.bench spark_decode` at a tiny size, batch 1 and 3: the dense model, Spark with its C
+    kernels and Spark with SEQZOO_NATIVE=0, for the FFN alone and the whole decode step (speed is not asserted)."""
     import argparse
 
     from seqzoo.bench import spark_decode
 
     parser = argparse.ArgumentParser()
     spark_decode.add_arguments(parser)
-    args = parser.parse_args("--widths 64 --context 40 --layers 1 --steps 1 --rounds 2 --head-dim 16 --top-k 8".split())
+    args = parser.parse_args("--widths 64 --batch-sizes 1 3 --context 40 --layers 1 --steps 1 --rounds 2 "
+                             "--head-dim 16 --top-k 8".split())
     args.device = torch.device("cpu")
     before = os.environ.get("SEQZOO_NATIVE")
     rows = spark_decode.run(args)
-    names = [(row["impl"], row["pass"]) for row in rows]
-    assert names == [("dense transformer: FFN (SwiGLU)", "1 token"), ("spark: FFN (SparkFFN)", "1 token"),
-                     ("spark, SEQZOO_NATIVE=0: FFN (SparkFFN)", "1 token"),
-                     ("dense transformer (dense)", "decode step"), ("spark (both)", "decode step"),
-                     ("spark, SEQZOO_NATIVE=0 (both)", "decode step")]
-    assert all(row["ms"] > 0 for row in rows)
+    one = [("dense transformer: FFN (SwiGLU)", "1 token"), ("spark: FFN (SparkFFN)", "1 token"),
+           ("spark, SEQZOO_NATIVE=0: FFN (SparkFFN)", "1 token"), ("dense transformer (dense)", "decode step"),
+           ("spark (both)", "decode step"), ("spark, SEQZOO_NATIVE=0 (both)", "decode step")]
+    assert [(row["impl"], row["pass"]) for row in rows] == one + one
+    assert [row["tokens"] for row in rows] == [1] * 6 + [3] * 6
+    assert all(row["shape"].startswith(f"B={row['tokens']} ") and row["ms"] > 0 for row in rows)
     assert os.environ.get("SEQZOO_NATIVE") == before  # the switch is put back
