@@ -22,9 +22,6 @@ import os
 
 import torch
 
-FFN_NAMES = {"dense": "swiglu FFN", "spark": "spark_ffn"}
-
-
 def add_arguments(parser) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[1024, 2048])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1],
@@ -101,8 +98,9 @@ def _decode_steps(model, args, dtype, device, batch: int = 1) -> list[float]:
 
 
 def _interleaved(variants, measure, rounds: int) -> dict:
-    """``{name: median}`` of ``measure(model, switch)`` (a list of ms) over ``rounds`` rounds that take every
-    variant in turn, so that a slow spell of a shared machine falls on all of them, not on one."""
+    """``{name: median}`` over ``rounds`` rounds that take every ``(name, model, switch)`` variant in turn (each
+    under its ``SEQZOO_NATIVE`` switch), pooling the ms that ``measure(model)`` returns, so that a slow spell of a
+    shared machine falls on all of them, not on one."""
     import statistics
 
     times = {name: [] for name, _, _ in variants}

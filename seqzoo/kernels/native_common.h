@@ -1,5 +1,6 @@
-/* Helpers shared by the C kernels of CPU decoding (see seqzoo/kernels/_native.py). Plain C99, fp32. The loops
-   keep 8 independent partial results so that the compiler vectorizes them without reassociation flags. */
+/* Helpers shared by the C kernels of CPU decoding (see seqzoo/kernels/_native.py). Plain C99, fp32. The
+   reductions keep 8 (sz_dot: 32) independent partial results so that the compiler vectorizes them without
+   reassociation flags. */
 
 #ifndef SEQZOO_NATIVE_COMMON_H
 #define SEQZOO_NATIVE_COMMON_H
@@ -61,6 +62,16 @@ static inline void sz_axpy(float *out, float w, const float *row, int64_t n) {
 /* Ask for the cache lines of a row that will be read soon (16 floats: one 64-byte line). */
 static inline void sz_prefetch_row(const float *row, int64_t n) {
     for (int64_t j = 0; j < n; j += 16) __builtin_prefetch(row + j, 0, 3);
+}
+
+/* Prefetch row idx[n] of a [*, na] and of b [*, nb] (row-major), for n = n0 .. n1 - 1 within [0, count): the
+   rows of the selected entries that the loop summing them will reach `ahead` entries later. */
+static inline void sz_prefetch_selected(const int64_t *idx, int64_t n0, int64_t n1, int64_t count,
+                                        const float *a, int64_t na, const float *b, int64_t nb) {
+    for (int64_t n = n0; n < n1 && n < count; ++n) {
+        sz_prefetch_row(a + idx[n] * na, na);
+        sz_prefetch_row(b + idx[n] * nb, nb);
+    }
 }
 
 /* Mean, population variance (two passes) and maximum of x[0..n), n >= 1. */

@@ -44,16 +44,10 @@ static int64_t decode_rows(int64_t r0, int64_t r1, const float *s1, int64_t Hkv,
         for (int64_t t = 0; t < T; ++t)
             if (s[t] >= theta) sel[K++] = t;
         /* short scattered rows: prefetch AHEAD keys so that many memory reads are in flight at once */
-        for (int64_t n = 0; n < K && n < AHEAD; ++n) {
-            sz_prefetch_row(keys + sel[n] * D2, D2);
-            sz_prefetch_row(vals + sel[n] * Dv, Dv);
-        }
+        sz_prefetch_selected(sel, 0, AHEAD, K, keys, D2, vals, Dv);
         double denom = 0.0;
         for (int64_t n = 0; n < K; ++n) {
-            if (n + AHEAD < K) {
-                sz_prefetch_row(keys + sel[n + AHEAD] * D2, D2);
-                sz_prefetch_row(vals + sel[n + AHEAD] * Dv, Dv);
-            }
+            sz_prefetch_selected(sel, n + AHEAD, n + AHEAD + 1, K, keys, D2, vals, Dv);
             const int64_t t = sel[n];
             const float e = expf(s[t] - mx);
             const float w = e * softplus((float)scale * sz_dot(q, keys + t * D2, D2));

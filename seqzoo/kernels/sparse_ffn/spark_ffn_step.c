@@ -30,15 +30,9 @@ static int64_t sum_survivors(int64_t i0, int64_t i1, const float *s, float theta
     int64_t K = 0;
     for (int64_t i = i0; i < i1; ++i)
         if (s[i] > theta) kept[K++] = i;
-    for (int64_t n = 0; n < K && n < AHEAD; ++n) {
-        sz_prefetch_row(w_value + kept[n] * Dv, Dv);
-        sz_prefetch_row(w_down + kept[n] * Dm, Dm);
-    }
+    sz_prefetch_selected(kept, 0, AHEAD, K, w_value, Dv, w_down, Dm);
     for (int64_t n = 0; n < K; ++n) {
-        if (n + AHEAD < K) {
-            sz_prefetch_row(w_value + kept[n + AHEAD] * Dv, Dv);
-            sz_prefetch_row(w_down + kept[n + AHEAD] * Dm, Dm);
-        }
+        sz_prefetch_selected(kept, n + AHEAD, n + AHEAD + 1, K, w_value, Dv, w_down, Dm);
         const int64_t i = kept[n];
         const float h = gelu_tanh(s[i] - theta) * sz_dot(w_value + i * Dv, xv, Dv);
         sz_axpy(acc, h, w_down + i * Dm, Dm);
