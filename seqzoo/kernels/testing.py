@@ -153,3 +153,18 @@ def autotune_trial_runs():
         yield
     finally:
         Autotuner.run = orig_run
+
+
+def record_taken(monkeypatch, module, name: str) -> list[bool]:
+    """Wrap ``module.<name>``, a fast path that returns None when it declines its inputs (the C decode kernels),
+    for the rest of a test: the list returned gets one entry per call, True where the fast path did the work.
+    A test asserts on it, so that a fast path that silently stopped running does not pass on its fallback."""
+    inner, taken = getattr(module, name), []
+
+    def recorded(*args, **kwargs):
+        out = inner(*args, **kwargs)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(module, name, recorded)
+    return taken

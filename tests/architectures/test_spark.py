@@ -72,8 +72,13 @@ def test_presets_pick_the_layers():
 def test_spark_ffn_sparse_path_equals_dense_and_has_no_extra_parameters(native, monkeypatch):
     """The gather paths (decoding: several tokens; one token, by the C kernel or by PyTorch ops) and the masked
     dense path give the same numbers; the FFN has the parameters of one d-wide input projection plus the down
-    projection."""
+    projection. The one-token path takes the C kernel unless SEQZOO_NATIVE=0 (counted, so that a kernel that
+    declined its inputs does not pass unnoticed)."""
+    from seqzoo.architectures.spark import modeling_spark
+    from seqzoo.kernels.testing import record_taken
+
     monkeypatch.setenv("SEQZOO_NATIVE", native)
+    ran = record_taken(monkeypatch, modeling_spark, "spark_ffn_step_native")
     torch.manual_seed(0)
     m = common.tiny_lm("spark", **dict(TINY, hidden_size=48), intermediate_size=200)
     ffn = m.model.layers[0].ffn
@@ -86,6 +91,7 @@ def test_spark_ffn_sparse_path_equals_dense_and_has_no_extra_parameters(native, 
         dense = ffn(x)
     common.assert_close("sparse vs dense FFN", sparse, dense, 1e-6)
     common.assert_close("one token vs dense FFN", one, dense, 1e-6)
+    assert ran == [native == "1"] * 3, ran
     a = ffn.activations(x)
     assert 0.0 < (a != 0).float().mean().item() < 0.2  # about 8% of 200 neurons
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqzoo.kernels.spark_attention import spark_attention, spark_attention_decode, spark_attention_reference
-from seqzoo.kernels.testing import assert_all_close, assert_close, forward_backward
+from seqzoo.kernels.testing import assert_all_close, assert_close, forward_backward, record_taken
 
 BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.triton)]
 
@@ -97,8 +97,12 @@ def test_decode_step_matches_reference(Hkv, masked, native, device, monkeypatch)
     """The generation path (split cache [B, Hkv, T, *], one query) against the reference's last row; the cache
     as contiguous tensors, as ZooCache.append's views of a larger buffer, and as strided slices of one
     [B, Hkv, T, D] tensor (which take the gather fallback). On a CPU, without padding keys, the C kernel runs
-    unless SEQZOO_NATIVE=0."""
+    for the first two unless SEQZOO_NATIVE=0 (counted: a kernel that declined would leave the PyTorch ops to
+    pass this test alone)."""
+    from seqzoo.kernels.spark_attention import torch_chunk
+
     monkeypatch.setenv("SEQZOO_NATIVE", native)
+    ran = record_taken(monkeypatch, torch_chunk, "spark_attention_decode_native")
     B, T, H, D, r = 2, 300, 2, 24, 10
     x = _inputs(B, 1, T, H, Hkv, D, 16, torch.float32, device)
     key_mask = None
@@ -127,6 +131,9 @@ def test_decode_step_matches_reference(Hkv, masked, native, device, monkeypatch)
                                    top_k=32)  # fewer keys than top_k: every key counts
     want_short = spark_attention_reference(x["q"], x["k"][:, :20], x["v"][:, :20], r, top_k=32)[:, 0]
     assert_close("decode T < top_k", short, want_short, 1e-5)
+    # the C kernel is asked only without key_mask (masked: only by the T < top_k call) and declines strided slices
+    c_kernel = device.type == "cpu" and native == "1"
+    assert ran == ([False] if masked else [c_kernel, c_kernel, False, False]), ran
 
 
 def test_selection_is_sparse_and_close_to_top_k(device):
